@@ -1,0 +1,132 @@
+"""Backend registry and selection.
+
+Backends are looked up by name in ``REGISTRY``; each entry knows how to tell whether it can run
+here (a cached probe, run on first need, never at import) and how to build the backend. The
+current backend lives in a ``ContextVar``, so ``use_backend`` is safe with threads and asyncio.
+The environment variable ``FASTNN_BACKEND`` is read the first time a backend is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from ..errors import BackendUnavailable
+from .base import Backend
+
+AUTO_ORDER = ("cupy", "numba", "numpy")
+"""``"auto"`` picks the first usable backend in this order."""
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    factory: str  # "module:Class", imported only when the backend is first used
+    probe: Callable[[], str | None]  # None if usable, else the reason
+    install_hint: str
+
+
+def _numpy_probe() -> str | None:
+    return None
+
+
+def _numba_probe() -> str | None:
+    if importlib.util.find_spec("numba") is None:
+        return "numba is not installed"
+    return "the numba backend is not implemented in this version of fastnn (numba itself is installed)"
+
+
+def _cupy_probe() -> str | None:
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed"
+    return "the cupy backend is not implemented in this version of fastnn (CuPy itself is installed)"
+
+
+REGISTRY: dict[str, BackendEntry] = {
+    entry.name: entry
+    for entry in (
+        BackendEntry("numpy", "fastnn.backends.numpy_backend:NumpyBackend", _numpy_probe, ""),
+        BackendEntry("numba", "fastnn.backends.numba_backend:NumbaBackend", _numba_probe,
+                     "pip install 'fastnn[jit]'"),
+        BackendEntry("cupy", "fastnn.backends.cupy_backend:CupyBackend", _cupy_probe,
+                     "pip install 'fastnn[cuda12]' or 'fastnn[cuda13]' on a machine with an NVIDIA GPU"),
+    )
+}
+VALID_NAMES = (*REGISTRY, "auto")
+
+
+@functools.cache
+def _probe(name: str) -> str | None:
+    return REGISTRY[name].probe()
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every known backend name -> ``None`` if it is usable here, else the reason it is not."""
+    return {name: _probe(name) for name in REGISTRY}
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or name not in VALID_NAMES:
+        raise ValueError(f"unknown backend {name!r}; expected one of {list(VALID_NAMES)}")
+    return name
+
+
+def resolve_auto() -> str:
+    """The backend ``"auto"`` stands for on this machine."""
+    return next(name for name in AUTO_ORDER if _probe(name) is None)
+
+
+@functools.cache
+def _instance(name: str) -> Backend:
+    module_name, class_name = REGISTRY[name].factory.split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def backend_for(name: str | Backend) -> Backend:
+    """The backend instance for a name (``"auto"`` resolved), raising ``BackendUnavailable``
+    with the reason and an install hint when it cannot run here."""
+    if isinstance(name, Backend):
+        return name
+    name = _check_name(name)
+    if name == "auto":
+        name = resolve_auto()
+    reason = _probe(name)
+    if reason is not None:
+        hint = REGISTRY[name].install_hint
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}" + (f" ({hint})" if hint else ""))
+    return _instance(name)
+
+
+_current: ContextVar[Backend | None] = ContextVar("fastnn_backend", default=None)
+
+
+def get_backend() -> Backend:
+    """The current backend; on first use, the one named by ``FASTNN_BACKEND`` (default ``auto``)."""
+    backend = _current.get()
+    if backend is None:
+        backend = backend_for(os.environ.get("FASTNN_BACKEND", "auto"))
+        _current.set(backend)
+    return backend
+
+
+def set_backend(name: str) -> Backend:
+    """Make ``name`` (``"numpy" | "numba" | "cupy" | "auto"``) the current backend and return it."""
+    backend = backend_for(name)
+    _current.set(backend)
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """``with use_backend("numpy"): ...`` selects a backend for the block only."""
+    token = _current.set(backend_for(name))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)

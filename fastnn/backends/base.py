@@ -1,0 +1,312 @@
+"""The kernel contract: one class, documented once, that every backend instantiates.
+
+A backend is an array module (``xp``) plus a ``KernelSet`` of functions on that module's arrays.
+``Backend`` owns everything that is the same on every backend: argument checks with clear errors,
+output allocation, and the shape conventions below. A backend module only supplies its kernels,
+so layers call ``backend.linear_forward(...)`` and never ask which backend is active.
+
+Conventions (all backends, checked by ``tests/test_conformance.py``):
+
+- Weights follow PyTorch's ``nn.Linear``: ``weight (out, in)``, ``bias (out,)``,
+  ``z = x @ weight.T + bias`` for ``x (*, in)``; gradients reduce over every leading dim.
+- Floating kernels accept float32 and float64; all floating operands of a call share one dtype
+  (``TypeError`` otherwise: nothing is promoted silently) and the result has that dtype.
+- ``out=`` buffers, when given, must be C-contiguous arrays of the result's shape and dtype; the
+  layers pass reused workspaces so a training step allocates nothing in steady state.
+- Kernels never synchronise with a device: values such as a loss are returned as 0-d arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..activations import ACTIVATIONS
+from ..shapes import matmul_result_shape
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The functions a backend supplies, each writing into caller-provided outputs.
+
+    Signatures (arrays are the backend's native arrays, already checked by ``Backend``):
+
+    - ``forward[name](z, out, alpha) -> out`` and ``backward[name](dy, z, y, out, alpha) -> out``
+      for every name in ``fastnn.activations.ACTIVATIONS``.
+    - ``softmax(z, out)``, ``softmax_backward(dy, y, out)`` over the last axis.
+    - ``matmul(a, b, out)``: NumPy matmul semantics. ``bias_add(x, bias, out)``.
+    - ``linear_forward(x, weight, bias | None, activation, alpha, z, y) -> (z, y)``; ``y is z``
+      for the identity activation.
+    - ``linear_backward(x, weight, dz, dx | None, dweight, dbias | None)``.
+    - ``mse / bce / bce_with_logits / softmax_cross_entropy(pred, target, grad) -> (value, grad)``.
+    - ``sgd(param, grad, velocity, scratch, *, lr, momentum, nesterov, weight_decay, first_step)``
+      and ``adam(param, grad, m, v, scratch, scratch2, *, step, lr, beta1, beta2, eps,
+      weight_decay, decoupled)``, updating ``param`` in place.
+    """
+
+    forward: Mapping[str, Callable[..., Any]]
+    backward: Mapping[str, Callable[..., Any]]
+    softmax: Callable[..., Any]
+    softmax_backward: Callable[..., Any]
+    matmul: Callable[..., Any]
+    bias_add: Callable[..., Any]
+    linear_forward: Callable[..., Any]
+    linear_backward: Callable[..., Any]
+    mse: Callable[..., Any]
+    bce: Callable[..., Any]
+    bce_with_logits: Callable[..., Any]
+    softmax_cross_entropy: Callable[..., Any]
+    sgd: Callable[..., Any]
+    adam: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        for table in ("forward", "backward"):
+            missing = set(ACTIVATIONS) - set(getattr(self, table))
+            if missing:
+                raise TypeError(f"KernelSet.{table} lacks activations {sorted(missing)}")
+
+
+def _dtype_name(x: Any) -> str:
+    return str(getattr(x, "dtype", type(x).__name__))
+
+
+class Backend:
+    """One backend: an array module plus its kernels, behind the checked public contract.
+
+    Subclasses set ``name``, ``xp`` and ``kernels``; they override nothing else unless the array
+    module needs it (``asarray``/``to_numpy`` for device arrays, ``empty`` for device memory).
+    """
+
+    name: str = "abstract"
+    xp: ModuleType = np
+    kernels: KernelSet
+
+    def __repr__(self) -> str:
+        return f"<fastnn backend {self.name!r}>"
+
+    # --- arrays --------------------------------------------------------------------------------
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """``x`` as this backend's array (no copy when it already is one of that dtype)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """``x`` as a NumPy array on the host."""
+        return np.asarray(x)
+
+    def empty(self, shape: tuple[int, ...] | int, dtype: Any) -> Any:
+        """A C-contiguous, page-aligned uninitialised array (aligned so that kernels' outputs
+        never share a 4 KiB page offset pattern with their inputs by accident)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        raw = self.xp.empty(nbytes + _PAGE, dtype=np.uint8)
+        start = (-raw.ctypes.data) % _PAGE
+        return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+    def zeros(self, shape: tuple[int, ...] | int, dtype: Any) -> Any:
+        out = self.empty(shape, dtype)
+        out[...] = 0
+        return out
+
+    def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
+        """``out[i] = x[indices[i]]`` (gathers a shuffled mini-batch into a reused buffer)."""
+        return self.xp.take(x, indices, axis=0, out=out)
+
+    # --- checks (cheap: attribute reads only, so they stay on in the hot path) --------------------
+
+    @staticmethod
+    def _float_dtype(*arrays: Any) -> np.dtype:
+        dtype = arrays[0].dtype
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"expected float32 or float64 arrays, got {dtype}")
+        for other in arrays[1:]:
+            if other is not None and other.dtype != dtype:
+                raise TypeError(
+                    "all floating operands must share one dtype (fastnn never promotes silently); "
+                    f"got {', '.join(_dtype_name(a) for a in arrays if a is not None)}"
+                )
+        return dtype
+
+    def _out(self, out: Any, shape: tuple[int, ...], dtype: np.dtype, what: str) -> Any:
+        if out is None:
+            return self.empty(shape, dtype)
+        if out.shape != shape or out.dtype != dtype:
+            raise ValueError(
+                f"{what}: out= must have shape {shape} and dtype {dtype}, got {out.shape} {out.dtype}"
+            )
+        return out
+
+    @staticmethod
+    def _activation_table(table: Mapping[str, Callable[..., Any]], name: str) -> Callable[..., Any]:
+        try:
+            return table[name]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
+            ) from None
+
+    @staticmethod
+    def _alpha(name: str, alpha: float | None) -> float | None:
+        spec = ACTIVATIONS[name]
+        if spec.alpha_name is None:
+            return None
+        return spec.alpha_default if alpha is None else alpha
+
+    # --- matrix core ---------------------------------------------------------------------------
+
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        """``a @ b`` with NumPy's ``matmul`` semantics: 1-D operands promoted (and the added axis
+        dropped), batch dims broadcast. Incompatible shapes raise ``ValueError`` naming both."""
+        dtype = self._float_dtype(a, b)
+        shape = matmul_result_shape(a.shape, b.shape)
+        out = None if out is None else self._out(out, shape, dtype, "matmul")
+        return self.kernels.matmul(a, b, out)
+
+    def bias_add(self, x: Any, bias: Any, out: Any = None) -> Any:
+        """``x (*, n) + bias (n,)``."""
+        dtype = self._float_dtype(x, bias)
+        if bias.ndim != 1 or x.ndim == 0 or x.shape[-1] != bias.shape[0]:
+            raise ValueError(f"bias_add: expected x (*, n) and bias (n,), got {x.shape} and {bias.shape}")
+        return self.kernels.bias_add(x, bias, self._out(out, x.shape, dtype, "bias_add"))
+
+    # --- activations ---------------------------------------------------------------------------
+
+    def activation(self, name: str, z: Any, alpha: float | None = None, out: Any = None) -> Any:
+        """``y = g(z)`` elementwise; ``alpha`` is the activation's parameter (leaky slope, ELU
+        alpha), defaulting as in PyTorch."""
+        kernel = self._activation_table(self.kernels.forward, name)
+        dtype = self._float_dtype(z)
+        return kernel(z, self._out(out, z.shape, dtype, name), self._alpha(name, alpha))
+
+    def activation_backward(self, name: str, dy: Any, z: Any, y: Any, alpha: float | None = None,
+                            out: Any = None) -> Any:
+        """Fused ``dz = dy * g'(z)`` in one pass; ``z`` is the cached pre-activation and
+        ``y = g(z)`` the cached output (one convention for every activation)."""
+        kernel = self._activation_table(self.kernels.backward, name)
+        dtype = self._float_dtype(dy, z, y)
+        if not (dy.shape == z.shape == y.shape):
+            raise ValueError(
+                f"{name} backward: dy, z and y must have one shape, got {dy.shape}, {z.shape}, {y.shape}"
+            )
+        return kernel(dy, z, y, self._out(out, z.shape, dtype, name), self._alpha(name, alpha))
+
+    def softmax(self, z: Any, out: Any = None) -> Any:
+        """Softmax over the last axis (max-shifted)."""
+        dtype = self._float_dtype(z)
+        return self.kernels.softmax(z, self._out(out, z.shape, dtype, "softmax"))
+
+    def softmax_backward(self, dy: Any, y: Any, out: Any = None) -> Any:
+        """``dz = y * (dy - sum(dy * y, -1))`` for ``y = softmax(z)``."""
+        dtype = self._float_dtype(dy, y)
+        if dy.shape != y.shape:
+            raise ValueError(f"softmax backward: dy {dy.shape} and y {y.shape} differ")
+        return self.kernels.softmax_backward(dy, y, self._out(out, y.shape, dtype, "softmax"))
+
+    # --- fused linear layer ----------------------------------------------------------------------
+
+    def linear_forward(self, x: Any, weight: Any, bias: Any, activation: str = "identity",
+                       alpha: float | None = None, out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+        """``z = x @ weight.T + bias`` (one GEMM) then ``y = g(z)`` in one fused pass.
+
+        ``x (*, in)``, ``weight (out, in)``, ``bias (out,)`` or ``None`` -> ``(z, y)``, both
+        ``(*, out)``; ``y is z`` for the identity activation."""
+        dtype = self._float_dtype(x, weight, bias)
+        if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"linear: input of shape {x.shape} does not match weight of shape {weight.shape} "
+                f"(expected x (*, {weight.shape[-1] if weight.ndim else '?'}))"
+            )
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+        self._activation_table(self.kernels.forward, activation)
+        shape = (*x.shape[:-1], weight.shape[0])
+        z_out, y_out = (None, None) if out is None else out
+        z = self._out(z_out, shape, dtype, "linear z")
+        y = z if activation == "identity" else self._out(y_out, shape, dtype, "linear y")
+        return self.kernels.linear_forward(x, weight, bias, activation, self._alpha(activation, alpha), z, y)
+
+    def linear_backward(self, x: Any, weight: Any, dz: Any, need_dx: bool = True, has_bias: bool = True,
+                        out: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
+        """Gradients of ``z = x @ weight.T + bias`` given ``dz (*, out)``:
+        ``dx = dz @ weight (*, in)``, ``dweight = dz^T x (out, in)``, ``dbias = sum(dz) (out,)``,
+        summed over every leading dim. ``dx`` is ``None`` unless ``need_dx``; ``dbias`` is
+        ``None`` unless ``has_bias``."""
+        dtype = self._float_dtype(x, weight, dz)
+        if x.shape[:-1] != dz.shape[:-1] or weight.shape != (dz.shape[-1], x.shape[-1]):
+            raise ValueError(
+                f"linear backward: x {x.shape}, weight {weight.shape} and dz {dz.shape} do not fit "
+                "x (*, in), weight (out, in), dz (*, out)"
+            )
+        dx_out, dw_out, db_out = (None, None, None) if out is None else out
+        dx = self._out(dx_out, x.shape, dtype, "linear dx") if need_dx else None
+        dweight = self._out(dw_out, weight.shape, dtype, "linear dweight")
+        dbias = self._out(db_out, (weight.shape[0],), dtype, "linear dbias") if has_bias else None
+        return self.kernels.linear_backward(x, weight, dz, dx, dweight, dbias)
+
+    # --- losses (value, grad) ----------------------------------------------------------------------
+
+    def _loss_grad(self, pred: Any, target: Any, grad: Any, what: str, same_shape: bool = True) -> Any:
+        self._float_dtype(pred) if not same_shape else self._float_dtype(pred, target)
+        if same_shape and pred.shape != target.shape:
+            raise ValueError(f"{what}: prediction {pred.shape} and target {target.shape} must match")
+        return self._out(grad, pred.shape, pred.dtype, what)
+
+    def mse(self, pred: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+        """Mean over all elements of ``(pred - target)^2``; grad ``2 (pred - target) / n``."""
+        return self.kernels.mse(pred, target, self._loss_grad(pred, target, grad, "mse"))
+
+    def bce(self, prob: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+        """Binary cross-entropy on probabilities in [0, 1], logs clamped at -100 (PyTorch)."""
+        return self.kernels.bce(prob, target, self._loss_grad(prob, target, grad, "bce"))
+
+    def bce_with_logits(self, logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+        """Binary cross-entropy of ``sigmoid(logits)``, exact for any finite logit;
+        grad ``(sigmoid(logits) - target) / n``."""
+        return self.kernels.bce_with_logits(
+            logits, target, self._loss_grad(logits, target, grad, "bce_with_logits"))
+
+    def softmax_cross_entropy(self, logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
+        """Cross-entropy of ``softmax(logits)`` over the last axis, mean over samples.
+
+        ``target``: integer labels of shape ``logits.shape[:-1]`` (values in ``[0, classes)``,
+        not range-checked here: the loss objects check once per dataset) or probabilities of
+        ``logits.shape``. grad ``(softmax - onehot) / n_samples``."""
+        if target.dtype.kind in "iu":
+            self._float_dtype(logits)
+            if target.shape != logits.shape[:-1]:
+                raise ValueError(
+                    f"cross-entropy: integer labels must have shape {logits.shape[:-1]} for logits "
+                    f"{logits.shape}, got {target.shape}"
+                )
+            grad = self._out(grad, logits.shape, logits.dtype, "cross-entropy")
+        else:
+            grad = self._loss_grad(logits, target, grad, "cross-entropy")
+        return self.kernels.softmax_cross_entropy(logits, target, grad)
+
+    # --- optimizers (in place) ---------------------------------------------------------------------
+
+    def sgd_update(self, param: Any, grad: Any, velocity: Any, scratch: Any, *, lr: float,
+                   momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                   first_step: bool = False) -> Any:
+        """One ``torch.optim.SGD`` step on ``param`` in place (``velocity``: momentum buffer)."""
+        self._float_dtype(param, grad, velocity, scratch)
+        return self.kernels.sgd(param, grad, velocity, scratch, lr=lr, momentum=momentum,
+                                nesterov=nesterov, weight_decay=weight_decay, first_step=first_step)
+
+    def adam_update(self, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, scratch: Any,
+                    scratch2: Any, *, step: int, lr: float, beta1: float, beta2: float, eps: float,
+                    weight_decay: float = 0.0, decoupled: bool = False) -> Any:
+        """One ``torch.optim.Adam`` (or ``AdamW`` when ``decoupled``) step in place; ``step`` is
+        the 1-based step count used for bias correction."""
+        self._float_dtype(param, grad, exp_avg, exp_avg_sq, scratch, scratch2)
+        return self.kernels.adam(param, grad, exp_avg, exp_avg_sq, scratch, scratch2, step=step,
+                                 lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                 weight_decay=weight_decay, decoupled=decoupled)

@@ -1,0 +1,325 @@
+"""Layers: ``Linear`` (with an optional fused activation), activation layers and ``Softmax``.
+
+Protocol shared by every layer:
+
+- ``forward(x) -> y`` caches what backward needs. Inputs are converted to the layer's dtype.
+- ``backward(dy, need_input_grad=True) -> dx`` (``None`` when not needed) and *overwrites*
+  ``layer.grads`` (no accumulation, so no ``zero_grad``).
+- ``params`` / ``grads``: dicts name -> array (empty for parameter-free layers).
+
+The arrays ``forward`` and ``backward`` return are the layer's workspaces, reused by the next call
+with the same batch shape; copy them to keep them. ``Network.forward`` and ``predict`` return
+fresh arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import activations as _activations
+from . import init as _init
+from .backends import get_backend
+from .backends.base import FLOAT_DTYPES, Backend
+from .workspace import Workspace
+
+
+def as_float_dtype(dtype: Any) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+class Layer:
+    """Base class of every layer; subclasses implement ``forward``, ``backward``, ``config``."""
+
+    kind: ClassVar[str] = "Layer"
+
+    def __init__(self, dtype: Any = np.float32, backend: Backend | str | None = None) -> None:
+        from .backends import backend_for
+
+        self.dtype = as_float_dtype(dtype)
+        self.backend: Backend = get_backend() if backend is None else backend_for(backend)
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self._workspace = Workspace()
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (parameters excluded), for checkpoints."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], backend: Backend | str | None = None) -> Layer:
+        """The inverse of ``config()`` (parameters are loaded separately)."""
+        return cls(**config, backend=backend)
+
+    def to(self, backend: Backend | str) -> Layer:
+        """Move parameters to another backend (in place; returns ``self``)."""
+        from .backends import backend_for
+
+        target = backend_for(backend)
+        for store in (self.params, self.grads):
+            for name, value in store.items():
+                store[name] = target.asarray(self.backend.to_numpy(value), self.dtype)
+        self.backend = target
+        self._workspace = Workspace()
+        return self
+
+    def _input(self, x: Any) -> Any:
+        return self.backend.asarray(x, self.dtype)
+
+    def _check_dy(self, dy: Any, expected_shape: tuple[int, ...]) -> Any:
+        dy = self.backend.asarray(dy, self.dtype)
+        if dy.shape != expected_shape:
+            raise ValueError(
+                f"{self!r}.backward: dy must have the forward output's shape {expected_shape}, "
+                f"got {dy.shape}"
+            )
+        return dy
+
+    def _require_forward(self, cached: Any) -> None:
+        if cached is None:
+            raise RuntimeError(f"{self!r}.backward called before forward")
+
+
+def _pair(backend: Backend, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, Any]:
+    """Output and input-gradient workspaces of an elementwise layer."""
+    return backend.empty(shape, dtype), backend.empty(shape, dtype)
+
+
+class Linear(Layer):
+    """``y = g(x @ weight.T + bias)``: ``x (*, in)`` -> ``y (*, out)``, PyTorch's ``nn.Linear``
+    convention with an optional activation fused into the same pass as the bias-add.
+
+    ``weight (out, in)`` and ``bias (out,)`` are assignable: values are copied into the layer's
+    storage after a shape check. ``init`` is one of ``fastnn.init.INITIALIZERS``; ``seed`` (an int
+    or a ``numpy.random.Generator``) makes it reproducible.
+    """
+
+    kind = "Linear"
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None,
+                 bias: bool = True, init: str = "default", dtype: Any = np.float32,
+                 alpha: float | None = None, seed: int | np.random.Generator | None = None,
+                 backend: Backend | str | None = None) -> None:
+        super().__init__(dtype, backend)
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {value!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation, self.alpha = _activations.resolve(activation, alpha)
+        self.has_bias = bool(bias)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        weight, bias_values = _init.get(init)(self.in_features, self.out_features, rng)
+        self.params["weight"] = self.backend.asarray(weight, self.dtype)
+        self.grads["weight"] = self.backend.zeros(weight.shape, self.dtype)
+        if self.has_bias:
+            self.params["bias"] = self.backend.asarray(bias_values, self.dtype)
+            self.grads["bias"] = self.backend.zeros(bias_values.shape, self.dtype)
+        self._x = self._slot = None
+
+    def __repr__(self) -> str:
+        act = "" if self.activation == "identity" else f", activation={self.activation!r}"
+        return f"Linear({self.in_features}, {self.out_features}{act})"
+
+    @property
+    def weight(self) -> Any:
+        return self.params["weight"]
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        self._assign("weight", value, (self.out_features, self.in_features))
+
+    @property
+    def bias(self) -> Any:
+        return self.params.get("bias")
+
+    @bias.setter
+    def bias(self, value: Any) -> None:
+        if not self.has_bias:
+            raise ValueError(f"{self!r} was built with bias=False; it has no bias to assign")
+        self._assign("bias", value, (self.out_features,))
+
+    def _assign(self, name: str, value: Any, shape: tuple[int, ...]) -> None:
+        value = self.backend.asarray(value, self.dtype)
+        if value.shape != shape:
+            raise ValueError(f"{self!r}.{name} must have shape {shape} (out, in), got {value.shape}")
+        self.params[name][...] = value  # in place: the network's flat parameter buffer stays valid
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*input_shape[:-1], self.out_features)
+
+    def _new_slot(self, lead: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
+        """Workspaces for one batch shape: ``z``, ``y`` (``z`` itself without an activation),
+        ``dz`` and ``dx``."""
+        empty, shape = self.backend.empty, (*lead, self.out_features)
+        z = empty(shape, self.dtype)
+        identity = self.activation == "identity"
+        return (z, z if identity else empty(shape, self.dtype), None if identity else empty(shape, self.dtype),
+                empty((*lead, self.in_features), self.dtype))
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self!r} expects inputs of shape (*, {self.in_features}), got {x.shape}"
+            )
+        lead = x.shape[:-1]
+        slot = self._workspace.slot(lead, lambda: self._new_slot(lead))
+        # Shapes and dtypes are settled above and at construction: call the kernel directly.
+        self.backend.kernels.linear_forward(x, self.params["weight"], self.params.get("bias"),
+                                            self.activation, self.alpha, slot[0], slot[1])
+        self._x, self._slot = x, slot
+        return slot[1]
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        self._require_forward(self._x)
+        z, y, dz, dx = self._slot
+        dy = self._check_dy(dy, z.shape)
+        kernels = self.backend.kernels
+        if dz is None:
+            dz = dy
+        else:
+            kernels.backward[self.activation](dy, z, y, dz, self.alpha)
+        dx = dx if need_input_grad else None
+        kernels.linear_backward(self._x, self.params["weight"], dz, dx, self.grads["weight"],
+                                self.grads.get("bias"))
+        return dx
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "activation": self.activation, "alpha": self.alpha, "bias": self.has_bias,
+                "dtype": self.dtype.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], backend: Backend | str | None = None) -> Linear:
+        return cls(**config, init="zeros", backend=backend)  # parameters are loaded next
+
+
+class Activation(Layer):
+    """An elementwise activation as a layer of its own (seed 003's ``ActivationLayer`` style)."""
+
+    kind = "Activation"
+    activation_name: ClassVar[str | None] = None
+
+    def __init__(self, name: str | None = None, alpha: float | None = None, dtype: Any = np.float32,
+                 backend: Backend | str | None = None) -> None:
+        super().__init__(dtype, backend)
+        self.activation, self.alpha = _activations.resolve(name or self.activation_name, alpha)
+        self._z = self._y = None
+
+    def __repr__(self) -> str:
+        alpha = "" if self.alpha is None else f"{self.alpha!r}"
+        if type(self) is Activation:
+            return f"Activation({self.activation!r}{', ' + alpha if alpha else ''})"
+        return f"{type(self).__name__}({alpha})"
+
+    def forward(self, x: Any) -> Any:
+        z = self._input(x)
+        y, self._dz = self._workspace.slot(z.shape, lambda: _pair(self.backend, z.shape, self.dtype))
+        self._z, self._y = z, self.backend.kernels.forward[self.activation](z, y, self.alpha)
+        return y
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        self._require_forward(self._z)
+        dy = self._check_dy(dy, self._z.shape)
+        return self.backend.kernels.backward[self.activation](dy, self._z, self._y, self._dz, self.alpha)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.activation, "alpha": self.alpha, "dtype": self.dtype.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], backend: Backend | str | None = None) -> Activation:
+        layer = Activation(**config, backend=backend)
+        named = ACTIVATION_LAYERS.get(layer.activation)
+        if named is not None:  # a ReLU() comes back as a ReLU
+            layer.__class__ = named
+        return layer
+
+
+def _activation_layer(class_name: str, name: str, doc: str) -> type[Activation]:
+    spec = _activations.ACTIVATIONS[name]
+
+    if spec.alpha_name is None:
+        def __init__(self, dtype: Any = np.float32, backend: Backend | str | None = None) -> None:
+            Activation.__init__(self, name, None, dtype, backend)
+    else:
+        def __init__(self, alpha: float = spec.alpha_default, dtype: Any = np.float32,
+                     backend: Backend | str | None = None) -> None:
+            Activation.__init__(self, name, alpha, dtype, backend)
+
+    return type(class_name, (Activation,), {"__init__": __init__, "__doc__": doc,
+                                            "activation_name": name, "__module__": __name__})
+
+
+Identity = _activation_layer("Identity", "identity", "y = x.")
+ReLU = _activation_layer("ReLU", "relu", "y = max(x, 0).")
+LeakyReLU = _activation_layer("LeakyReLU", "leaky_relu", "y = x if x > 0 else slope * x; LeakyReLU(slope=0.01).")
+Sigmoid = _activation_layer("Sigmoid", "sigmoid", "y = 1 / (1 + exp(-x)), overflow-free.")
+Tanh = _activation_layer("Tanh", "tanh", "y = tanh(x).")
+GELU = _activation_layer("GELU", "gelu", "y = x * Phi(x) (exact; use Activation('gelu_tanh') for the tanh form).")
+SiLU = _activation_layer("SiLU", "silu", "y = x * sigmoid(x).")
+Softplus = _activation_layer("Softplus", "softplus", "y = log(1 + exp(x)), overflow-free.")
+ELU = _activation_layer("ELU", "elu", "y = x if x > 0 else alpha * (exp(x) - 1).")
+
+ACTIVATION_LAYERS: dict[str, type[Activation]] = {
+    cls.activation_name: cls for cls in (Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Softplus, ELU)
+}
+
+
+class Softmax(Layer):
+    """Softmax over the last axis. For classification prefer logits with ``CrossEntropy``, which
+    fuses softmax and its gradient stably; this layer is for when probabilities are the output."""
+
+    kind = "Softmax"
+
+    def __init__(self, dtype: Any = np.float32, backend: Backend | str | None = None) -> None:
+        super().__init__(dtype, backend)
+        self._y = None
+
+    def __repr__(self) -> str:
+        return "Softmax()"
+
+    def forward(self, x: Any) -> Any:
+        z = self._input(x)
+        if z.ndim == 0:
+            raise ValueError("Softmax expects inputs of shape (*, classes), got a scalar")
+        y, self._dz = self._workspace.slot(z.shape, lambda: _pair(self.backend, z.shape, self.dtype))
+        self._y = self.backend.kernels.softmax(z, y)
+        return y
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        self._require_forward(self._y)
+        dy = self._check_dy(dy, self._y.shape)
+        return self.backend.kernels.softmax_backward(dy, self._y, self._dz)
+
+    def config(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.name}
+
+
+LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax)}
+
+
+def layer_from_config(kind: str, config: dict[str, Any], backend: Backend | str | None = None) -> Layer:
+    """Rebuild a layer from ``(kind, config)`` as written by ``Network.save``."""
+    cls = LAYER_KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown layer kind {kind!r}; expected one of {sorted(LAYER_KINDS)}")
+    return cls.from_config(config, backend)

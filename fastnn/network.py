@@ -1,0 +1,217 @@
+"""``Network``: a sequence of layers with one flat parameter buffer, trained by ``fit``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint, training
+from .backends import backend_for, get_backend
+from .backends.base import Backend
+from .layers import Layer
+from .losses import Loss
+
+_ALIGN = 16  # parameter views start on 64-byte boundaries (16 float32s) in the flat buffer
+
+
+class Network:
+    """Layers applied in order: ``y = layers[-1](...layers[0](x))``.
+
+    Every parameter lives in one flat buffer (and every gradient in another) that the layers'
+    ``params``/``grads`` entries view into, so an optimizer step is one fused update. Arrays
+    returned by ``forward``/``predict`` are fresh; the layers' intermediate arrays are reused
+    workspaces.
+    """
+
+    def __init__(self, layers: Iterable[Layer] | None = None) -> None:
+        self.layers: list[Layer] = []
+        self._flat: tuple[Any, Any] | None = None
+        self.loss: Loss | None = None  # the loss of the last ``fit``, used by ``evaluate``
+        for layer in layers or ():
+            self.add(layer)
+
+    # --- structure -----------------------------------------------------------------------------
+
+    def add(self, layer: Layer) -> Network:
+        """Append a layer (its dtype and backend must match the network's); returns ``self``."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Network.add expects a fastnn Layer, got {type(layer).__name__}")
+        if self.layers:
+            if layer.dtype != self.dtype:
+                raise TypeError(f"{layer!r} has dtype {layer.dtype} but the network is {self.dtype}")
+            if layer.backend is not self.backend:
+                raise ValueError(f"{layer!r} lives on backend {layer.backend.name!r} but the network "
+                                 f"on {self.backend.name!r}; use layer.to({self.backend.name!r})")
+            features = self._features_after(len(self.layers))
+            needed = getattr(layer, "in_features", None)
+            if features is not None and needed is not None and features != needed:
+                raise ValueError(f"{layer!r} expects {needed} input features but the previous layers "
+                                 f"produce {features}")
+        self.layers.append(layer)
+        self._flat = None
+        return self
+
+    def _features_after(self, count: int) -> int | None:
+        features = None
+        for layer in self.layers[:count]:
+            features = getattr(layer, "out_features", features)
+        return features
+
+    @property
+    def backend(self) -> Backend:
+        return self.layers[0].backend if self.layers else get_backend()
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.layers[0].dtype if self.layers else np.dtype(np.float32)
+
+    @property
+    def in_features(self) -> int | None:
+        return next((layer.in_features for layer in self.layers if hasattr(layer, "in_features")), None)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def to(self, backend: Backend | str) -> Network:
+        """Move every layer to another backend (in place; returns ``self``)."""
+        target = backend_for(backend)
+        for layer in self.layers:
+            layer.to(target)
+        self._flat = None
+        return self
+
+    # --- parameters -----------------------------------------------------------------------------
+
+    def named_parameters(self) -> dict[str, Any]:
+        """``"{layer index}.{name}" -> array`` for every parameter, in layer order."""
+        self.flat_parameters()
+        return {f"{i}.{name}": value for i, layer in enumerate(self.layers)
+                for name, value in layer.params.items()}
+
+    def parameters(self) -> list[Any]:
+        """Every parameter array (views into the flat buffer), in layer order."""
+        return list(self.named_parameters().values())
+
+    def flat_parameters(self) -> tuple[Any, Any]:
+        """``(params, grads)``: the two flat buffers every layer's parameters and gradients view."""
+        if self._flat is None:
+            self._flat = self._pack()
+        return self._flat
+
+    def _pack(self) -> tuple[Any, Any]:
+        slots, total = [], 0
+        for layer in self.layers:
+            for name, value in layer.params.items():
+                slots.append((layer, name, total, value.shape))
+                total += -(-value.size // _ALIGN) * _ALIGN
+        flat_params = self.backend.zeros(total, self.dtype)
+        flat_grads = self.backend.zeros(total, self.dtype)
+        for layer, name, offset, shape in slots:
+            size = int(np.prod(shape, dtype=np.int64))
+            view = flat_params[offset : offset + size].reshape(shape)
+            view[...] = layer.params[name]
+            layer.params[name] = view
+            layer.grads[name] = flat_grads[offset : offset + size].reshape(shape)
+        return flat_params, flat_grads
+
+    def parameter_count(self) -> int:
+        return sum(int(value.size) for layer in self.layers for value in layer.params.values())
+
+    # --- forward / backward -----------------------------------------------------------------------
+
+    def check_input(self, x: Any, what: str = "input") -> Any:
+        """``x`` as a backend array of the network's dtype with the right feature count."""
+        if not self.layers:
+            raise ValueError("the network has no layers; add some with Network.add")
+        x = self.backend.asarray(x, self.dtype)
+        features = self.in_features
+        if x.ndim == 0 or (features is not None and x.shape[-1] != features):
+            raise ValueError(f"the network expects {what} of shape (*, {features}) ({features} features), "
+                             f"got {what} of shape {x.shape}")
+        return x
+
+    def _forward(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def _backward(self, dy: Any, need_input_grad: bool) -> Any:
+        last = len(self.layers) - 1
+        for index in range(last, -1, -1):
+            dy = self.layers[index].backward(dy, need_input_grad or index > 0)
+        return dy
+
+    def forward(self, x: Any) -> Any:
+        """The network's output for ``x (*, in)`` (a fresh array); caches for ``backward``."""
+        return self.backend.xp.array(self._forward(self.check_input(x)), copy=True)
+
+    __call__ = forward
+
+    def backward(self, dy: Any) -> Any:
+        """Backpropagate ``dy`` (the gradient of a scalar w.r.t. the last output): fills every
+        layer's ``grads`` and returns ``dx`` for the input of the last ``forward``."""
+        self.flat_parameters()
+        return self._backward(dy, need_input_grad=True)
+
+    def predict(self, X: Any, batch_size: int = 1024) -> Any:
+        """Outputs for ``X (N, ..., in)`` computed ``batch_size`` samples at a time."""
+        X = self.check_input(X, "X")
+        if X.ndim == 1:
+            return self.forward(X)
+        training.check_batch_size(batch_size)
+        out = self.backend.empty(self.output_shape(X.shape), self.dtype)
+        for start in range(0, X.shape[0], batch_size):
+            out[start : start + batch_size] = self._forward(X[start : start + batch_size])
+        return out
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any, loss: str | Loss, optimizer: Any = None, epochs: int = 10,
+            batch_size: int = 32, shuffle: bool = True, seed: int | None = None,
+            validation_data: tuple[Any, Any] | None = None, progress: bool = True,
+            metrics: bool | None = None) -> training.History:
+        """Train with mini-batches; see ``fastnn.training.fit`` for every argument."""
+        return training.fit(self, X, y, loss, optimizer=optimizer, epochs=epochs,
+                            batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            validation_data=validation_data, progress=progress, metrics=metrics)
+
+    def evaluate(self, X: Any, y: Any, loss: str | Loss | None = None,
+                 batch_size: int = 1024) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` over ``(X, y)`` (accuracy for classifiers only)."""
+        return training.evaluate(self, X, y, loss, batch_size)
+
+    # --- persistence and display --------------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Write an ``.npz`` checkpoint atomically (temporary file + rename)."""
+        checkpoint.save(self, path)
+
+    @classmethod
+    def load(cls, path: str, backend: Backend | str | None = None) -> Network:
+        """Rebuild a network from ``save``'s file on ``backend`` (default: the current one);
+        a truncated, foreign or tampered file raises ``ValueError``."""
+        return checkpoint.load(cls, path, backend)
+
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of layers, output shapes and parameter counts."""
+        shape: tuple[Any, ...] = input_shape or ("N", self.in_features)
+        rows = [("#", "layer", "output shape", "params")]
+        for index, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            count = sum(int(v.size) for v in layer.params.values())
+            rows.append((str(index), repr(layer), "(" + ", ".join(map(str, shape)) + ")", f"{count:,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in
+                           enumerate(zip(row, widths))) for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total parameters: {self.parameter_count():,}   dtype: {self.dtype}   "
+                     f"backend: {self.backend.name}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return "Network([" + ", ".join(repr(layer) for layer in self.layers) + "])"

@@ -1,0 +1,1 @@
+"""NumPy reference kernels: vectorised over the batch, writing into caller-provided buffers."""
