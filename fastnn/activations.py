@@ -6,7 +6,8 @@ Forward: ``y = g(z)`` elementwise. Backward: ``activation_backward(name, dy, z, 
 
 Conventions shared by every backend (checked by the conformance suite):
 
-- NaN in ``z`` gives NaN in ``y`` and in ``dz``.
+- NaN in ``z`` gives NaN in ``y`` and in ``dz`` (except identity, whose ``dz`` is ``dy``);
+  NaN in ``dy`` gives NaN in ``dz``.
 - ``z = +-inf`` gives the limits of ``g`` and ``g'`` (e.g. ``silu(-inf) = 0``, ``gelu'(inf) = 1``),
   never a spurious NaN from ``inf * 0``.
 - ``g'`` at a kink uses the left derivative at 0 as PyTorch does (``relu'(0) = 0``).

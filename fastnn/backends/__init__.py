@@ -28,8 +28,7 @@ AUTO_ORDER = ("cupy", "numba", "numpy")
 class BackendEntry:
     name: str
     factory: str  # "module:Class", imported only when the backend is first used
-    probe: Callable[[], str | None]  # None if usable, else the reason
-    install_hint: str
+    probe: Callable[[], str | None]  # None if usable, else the reason (with how to fix it)
 
 
 def _numpy_probe() -> str | None:
@@ -38,24 +37,23 @@ def _numpy_probe() -> str | None:
 
 def _numba_probe() -> str | None:
     if importlib.util.find_spec("numba") is None:
-        return "numba is not installed"
+        return "numba is not installed (pip install 'fastnn[jit]')"
     return "the numba backend is not implemented in this version of fastnn (numba itself is installed)"
 
 
 def _cupy_probe() -> str | None:
     if importlib.util.find_spec("cupy") is None:
-        return "CuPy is not installed"
+        return ("CuPy is not installed (pip install 'fastnn[cuda12]' or 'fastnn[cuda13]' on a machine "
+                "with an NVIDIA GPU)")
     return "the cupy backend is not implemented in this version of fastnn (CuPy itself is installed)"
 
 
 REGISTRY: dict[str, BackendEntry] = {
     entry.name: entry
     for entry in (
-        BackendEntry("numpy", "fastnn.backends.numpy_backend:NumpyBackend", _numpy_probe, ""),
-        BackendEntry("numba", "fastnn.backends.numba_backend:NumbaBackend", _numba_probe,
-                     "pip install 'fastnn[jit]'"),
-        BackendEntry("cupy", "fastnn.backends.cupy_backend:CupyBackend", _cupy_probe,
-                     "pip install 'fastnn[cuda12]' or 'fastnn[cuda13]' on a machine with an NVIDIA GPU"),
+        BackendEntry("numpy", "fastnn.backends.numpy_backend:NumpyBackend", _numpy_probe),
+        BackendEntry("numba", "fastnn.backends.numba_backend:NumbaBackend", _numba_probe),
+        BackendEntry("cupy", "fastnn.backends.cupy_backend:CupyBackend", _cupy_probe),
     )
 }
 VALID_NAMES = (*REGISTRY, "auto")
@@ -98,8 +96,7 @@ def backend_for(name: str | Backend) -> Backend:
         name = resolve_auto()
     reason = _probe(name)
     if reason is not None:
-        hint = REGISTRY[name].install_hint
-        raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}" + (f" ({hint})" if hint else ""))
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
     return _instance(name)
 
 

@@ -81,17 +81,21 @@ def gelu(z, out, alpha=None):
     return np.multiply(out, zf, out=out)
 
 
-def gelu_tanh(z, out, alpha=None):
-    zf = np.maximum(z, -np.finfo(z.dtype).max)
-    with np.errstate(over="ignore"):  # z^3 overflow -> +-inf -> tanh = +-1: the right limit
-        np.multiply(zf, zf, out=out)
+def _gelu_tanh_gate(z, out):
+    """out = (1 + tanh(u)) / 2 = sigmoid(2u), u = k (z + c z^3). The sigmoid form has no
+    cancellation for negative z, where 1 + tanh(u) would lose every digit."""
+    with np.errstate(over="ignore"):  # z^3 overflow -> +-inf -> sigmoid 0 or 1: the right limit
+        np.multiply(z, z, out=out)
         out *= _GELU_TANH_C
         out += 1
-        out *= zf
-    out *= _GELU_TANH_K
-    np.tanh(out, out=out)
-    out += 1
-    out *= 0.5
+        out *= z
+    out *= 2 * _GELU_TANH_K
+    return special.expit(out, out=out)
+
+
+def gelu_tanh(z, out, alpha=None):
+    zf = np.maximum(z, -np.finfo(z.dtype).max)
+    _gelu_tanh_gate(zf, out)
     return np.multiply(out, zf, out=out)
 
 
@@ -174,24 +178,18 @@ def gelu_backward(dy, z, y, out, alpha=None):
 
 
 def gelu_tanh_backward(dy, z, y, out, alpha=None):
-    # g' = (1 + t)/2 + z/2 * (1 - t^2) * k * (1 + 3c z^2), t = tanh(k (z + c z^3))
+    # With s = sigmoid(2u): (1 + t)/2 = s and 1 - t^2 = 4 s (1 - s), so
+    # g' = s + 2 z s (1 - s) k (1 + 3c z^2) = s * (1 + 2k z (1 - s)(1 + 3c z^2)).
     zc = np.clip(z, -_GELU_TANH_CLIP, _GELU_TANH_CLIP)
-    zsq = np.multiply(zc, zc)
-    t = np.multiply(zsq, _GELU_TANH_C)
-    t += 1
-    t *= zc
-    t *= _GELU_TANH_K
-    np.tanh(t, out=t)
-    np.multiply(t, t, out=out)
-    np.subtract(1, out, out=out)  # sech^2
-    zsq *= 3 * _GELU_TANH_C
-    zsq += 1
-    zsq *= _GELU_TANH_K * 0.5
-    zsq *= zc
-    out *= zsq
-    t += 1
-    t *= 0.5
-    out += t
+    gate = _gelu_tanh_gate(zc, np.empty_like(out))
+    np.multiply(zc, zc, out=out)
+    out *= 3 * _GELU_TANH_C
+    out += 1
+    out *= zc
+    out *= 2 * _GELU_TANH_K
+    out *= 1 - gate
+    out += 1
+    out *= gate
     return np.multiply(out, dy, out=out)
 
 

@@ -1,0 +1,132 @@
+"""The ``fastnn`` command: ``fastnn info`` and ``fastnn train xor|digits``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import datasets, info
+from .backends import VALID_NAMES, use_backend
+from .errors import BackendUnavailable
+from .layers import Linear
+from .network import Network
+from .optimizers import OPTIMIZERS
+
+
+@dataclass(frozen=True)
+class Task:
+    """A bundled training task: data, a network that suits it, and its defaults."""
+
+    load: Callable[[int], tuple[Any, Any, Any, Any]]
+    build: Callable[[str, int, int], Network]
+    loss: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    hidden: int
+    activation: str
+
+
+def _xor_data(seed: int):
+    X, y = datasets.xor()
+    return X, X, y, y
+
+
+def _xor_net(activation: str, hidden: int, seed: int) -> Network:
+    return Network([Linear(2, hidden, activation, seed=seed), Linear(hidden, 1, seed=seed + 1)])
+
+
+def _digits_data(seed: int):
+    return datasets.digits(seed=seed)
+
+
+def _digits_net(activation: str, hidden: int, seed: int) -> Network:
+    # seed 003's 64-128-64-10 when hidden = 128
+    return Network([Linear(64, hidden, activation, seed=seed),
+                    Linear(hidden, hidden // 2, activation, seed=seed + 1),
+                    Linear(hidden // 2, 10, seed=seed + 2)])
+
+
+TASKS: dict[str, Task] = {
+    "xor": Task(_xor_data, _xor_net, "bce_with_logits", 300, 4, 0.5, 0.0, 8, "tanh"),
+    "digits": Task(_digits_data, _digits_net, "cross_entropy", 30, 64, 0.05, 0.9, 128, "relu"),
+}
+
+
+def train(args: argparse.Namespace) -> int:
+    task = TASKS[args.task]
+    epochs = args.epochs if args.epochs is not None else task.epochs
+    with use_backend(args.backend) as backend:
+        X_train, X_test, y_train, y_test = task.load(args.seed)
+        net = task.build(args.activation or task.activation, args.hidden or task.hidden, args.seed)
+        lr = args.lr if args.lr is not None else task.lr
+        if args.optimizer == "sgd":
+            momentum = args.momentum if args.momentum is not None else task.momentum
+            optimizer = OPTIMIZERS["sgd"](lr=lr, momentum=momentum)
+        else:
+            optimizer = OPTIMIZERS[args.optimizer](lr=lr)
+        print(f"training {args.task} on backend {backend.name!r}: {net!r}")
+        print(f"{len(X_train)} training samples, loss {task.loss}, {optimizer!r}, "
+              f"batch {args.batch_size or task.batch_size}, {epochs} epochs")
+        started = time.perf_counter()
+        history = net.fit(X_train, y_train, task.loss, optimizer, epochs=epochs,
+                          batch_size=args.batch_size or task.batch_size, seed=args.seed,
+                          validation_data=None if args.task == "xor" else (X_test, y_test),
+                          progress=False)
+        elapsed = time.perf_counter() - started
+        width, every = len(str(epochs)), max(1, epochs // 20)  # about 20 lines at most
+        for index, record in enumerate(history.epochs, start=1):
+            if index % every and index != epochs:
+                continue
+            extras = "".join(f"  {key} {record[key]:.4f}" for key in ("accuracy", "val_loss", "val_accuracy")
+                             if key in record)
+            print(f"epoch {index:>{width}}/{epochs}  loss {record['loss']:.4f}{extras}  "
+                  f"{record['samples_per_s']:,.0f} samples/s")
+        result = net.evaluate(X_test, y_test)
+        total = sum(record["seconds"] for record in history.epochs)
+        rate = len(X_train) * epochs / total if total > 0 else float("nan")
+        print(f"final: {'test ' if args.task != 'xor' else ''}loss {result['loss']:.4f}, "
+              f"accuracy {result.get('accuracy', float('nan')):.4f}; "
+              f"{rate:,.0f} samples/s over {epochs} epochs ({elapsed:.2f} s in all)")
+        if args.save:
+            net.save(args.save)
+            print(f"saved to {args.save}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastnn", description="Dense neural networks with explicit backprop.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="backends (and why any is unavailable), versions, BLAS, devices")
+    trainer = commands.add_parser("train", help="train a bundled task and report loss, accuracy, samples/s")
+    trainer.add_argument("task", choices=sorted(TASKS))
+    trainer.add_argument("--backend", default="auto", choices=VALID_NAMES)
+    trainer.add_argument("--epochs", type=int)
+    trainer.add_argument("--batch-size", type=int)
+    trainer.add_argument("--lr", type=float)
+    trainer.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))
+    trainer.add_argument("--momentum", type=float, help="SGD momentum (default: the task's)")
+    trainer.add_argument("--hidden", type=int, help="width of the first hidden layer")
+    trainer.add_argument("--activation", help="hidden activation (default: the task's)")
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--save", metavar="PATH", help="write a checkpoint after training")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            print(info.render(info.collect()))
+            return 0
+        return train(args)
+    except (BackendUnavailable, ValueError, ImportError) as exc:
+        print(f"fastnn: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""What ``fastnn info`` reports: backends, versions, BLAS, threads, devices."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+from .backends import available_backends, resolve_auto
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def blas_info() -> list[dict[str, Any]]:
+    """BLAS/OpenMP thread pools in use (via threadpoolctl when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{key: pool.get(key) for key in ("user_api", "internal_api", "version", "num_threads",
+                                            "architecture", "filepath")} for pool in threadpool_info()]
+
+
+def collect() -> dict[str, Any]:
+    import numpy as np
+
+    backends = available_backends()
+    versions = {name: _version(name) for name in ("fastnn", "numpy", "scipy", "numba", "tqdm")}
+    cupy_dists = [d for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy") if _version(d)]
+    versions["cupy"] = _version(cupy_dists[0]) if cupy_dists else None
+    np.zeros(1)  # make sure NumPy's BLAS is loaded before threadpoolctl looks
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "backends": backends,
+        "auto": resolve_auto(),
+        "current_env": os.environ.get("FASTNN_BACKEND"),
+        "versions": versions,
+        "blas": blas_info(),
+        "devices": "none usable" if backends["cupy"] else "CUDA via CuPy",
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"fastnn {report['versions']['fastnn']}  Python {report['python']}  {report['platform']}",
+             f"CPU cores: {report['cpu_count']}", "", "backends:"]
+    for name, why in report["backends"].items():
+        if why is None:
+            lines.append(f"  {name:6s} available")
+        else:
+            lines.append(f"  {name:6s} unavailable: {why}")
+    env = report["current_env"]
+    lines.append(f"  auto -> {report['auto']}" + (f"   (FASTNN_BACKEND={env})" if env else ""))
+    lines += ["", "versions:"]
+    lines += [f"  {name:8s} {version or 'not installed'}" for name, version in report["versions"].items()]
+    lines += ["", "BLAS / thread pools:"]
+    if report["blas"]:
+        for pool in report["blas"]:
+            lines.append(f"  {pool['user_api']}: {pool['internal_api']} {pool['version']} "
+                         f"({pool['architecture']}), {pool['num_threads']} thread(s)")
+    else:
+        lines.append("  (install threadpoolctl to list them)")
+    lines += ["", f"GPU devices: {report['devices']}"]
+    return "\n".join(lines)

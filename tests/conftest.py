@@ -1,0 +1,38 @@
+"""Shared fixtures: every test that takes ``backend`` runs once per usable backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.backends import REGISTRY, backend_for
+
+USABLE = [name for name, reason in fastnn.available_backends().items() if reason is None]
+
+
+@pytest.fixture(params=USABLE)
+def backend(request):
+    """A usable backend, made current for the test."""
+    with fastnn.use_backend(request.param):
+        yield backend_for(request.param)
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+def tolerance(dtype) -> dict[str, float]:
+    """Elementwise kernels against the float64 reference."""
+    return {"rtol": 2e-5, "atol": 2e-6} if np.dtype(dtype) == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+def pytest_report_header(config):
+    unusable = {name: why for name, why in fastnn.available_backends().items() if why}
+    lines = [f"fastnn backends under test: {', '.join(USABLE)}"]
+    lines += [f"  not under test: {name} ({why})" for name, why in unusable.items()]
+    return lines
+
+
+assert set(REGISTRY) >= {"numpy", "numba", "cupy"}
