@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from . import datasets, info
 from .backends import VALID_NAMES, use_backend
 from .errors import BackendUnavailable

@@ -82,6 +82,10 @@ class Layer:
         self._workspace = Workspace()
         return self
 
+    def _new_pair(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """Output and input-gradient workspaces of a shape-preserving layer."""
+        return self.backend.empty(shape, self.dtype), self.backend.empty(shape, self.dtype)
+
     def _input(self, x: Any) -> Any:
         return self.backend.asarray(x, self.dtype)
 
@@ -97,11 +101,6 @@ class Layer:
     def _require_forward(self, cached: Any) -> None:
         if cached is None:
             raise RuntimeError(f"{self!r}.backward called before forward")
-
-
-def _pair(backend: Backend, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, Any]:
-    """Output and input-gradient workspaces of an elementwise layer."""
-    return backend.empty(shape, dtype), backend.empty(shape, dtype)
 
 
 class Linear(Layer):
@@ -182,7 +181,7 @@ class Linear(Layer):
                 f"{self!r} expects inputs of shape (*, {self.in_features}), got {x.shape}"
             )
         lead = x.shape[:-1]
-        slot = self._workspace.slot(lead, lambda: self._new_slot(lead))
+        slot = self._workspace.slot(lead, self._new_slot)
         # Shapes and dtypes are settled above and at construction: call the kernel directly.
         self.backend.kernels.linear_forward(x, self.params["weight"], self.params.get("bias"),
                                             self.activation, self.alpha, slot[0], slot[1])
@@ -233,7 +232,7 @@ class Activation(Layer):
 
     def forward(self, x: Any) -> Any:
         z = self._input(x)
-        y, self._dz = self._workspace.slot(z.shape, lambda: _pair(self.backend, z.shape, self.dtype))
+        y, self._dz = self._workspace.slot(z.shape, self._new_pair)
         self._z, self._y = z, self.backend.kernels.forward[self.activation](z, y, self.alpha)
         return y
 
@@ -301,7 +300,7 @@ class Softmax(Layer):
         z = self._input(x)
         if z.ndim == 0:
             raise ValueError("Softmax expects inputs of shape (*, classes), got a scalar")
-        y, self._dz = self._workspace.slot(z.shape, lambda: _pair(self.backend, z.shape, self.dtype))
+        y, self._dz = self._workspace.slot(z.shape, self._new_pair)
         self._y = self.backend.kernels.softmax(z, y)
         return y
 

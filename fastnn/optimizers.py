@@ -84,7 +84,8 @@ class Adam(Optimizer):
         self._buffers = ("exp_avg", "exp_avg_sq", "scratch", "scratch2")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"
+        return (f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay})")
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.adam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["scratch"],

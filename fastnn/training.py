@@ -52,7 +52,7 @@ def check_batch_size(batch_size: Any) -> int:
 def _check_finite(network: Any, X: Any, what: str) -> None:
     xp = network.backend.xp
     if not bool(xp.isfinite(X).all()):
-        bad = int(xp.argmax(~xp.isfinite(X.reshape(X.shape[0], -1)).any(axis=1)))
+        bad = int(xp.argmax((~xp.isfinite(X.reshape(X.shape[0], -1))).any(axis=1)))
         raise ValueError(f"{what} contains NaN or infinite values (first in sample {bad})")
 
 
@@ -118,6 +118,13 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     batch_correct = backend.empty(n_batches, np.float64)
     sizes = backend.asarray(np.diff(np.minimum(np.arange(n_batches + 1) * batch_size, n)), np.float64)
     history = History()
+
+    def new_batch_buffers(size: int) -> tuple[Any, Any, Any]:
+        """Gathered inputs, gathered targets and the loss gradient for one batch size."""
+        return (backend.empty((size, *X.shape[1:]), X.dtype),
+                backend.empty((size, *target.shape[1:]), target.dtype),
+                backend.empty(network.output_shape((size, *X.shape[1:])), network.dtype))
+
     bar_factory = None
     if _use_progress_bar(progress):
         from tqdm import tqdm as bar_factory
@@ -129,11 +136,7 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
             if bar_factory else None
         for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
-            size = stop - start
-            x_buf, y_buf, grad = buffers.slot(size, lambda: (
-                backend.empty((size, *X.shape[1:]), X.dtype),
-                backend.empty((size, *target.shape[1:]), target.dtype),
-                backend.empty(network.output_shape((size, *X.shape[1:])), network.dtype)))
+            x_buf, y_buf, grad = buffers.slot(stop - start, new_batch_buffers)
             if order is None:
                 xb, yb = X[start:stop], target[start:stop]
             else:

@@ -10,7 +10,7 @@ Slot = TypeVar("Slot")
 
 
 class Workspace:
-    """Buffers per batch key (e.g. a layer's leading dims), made once by a factory and then
+    """Buffers per batch key (e.g. a layer's leading dims), made once by ``make(key)`` and then
     handed back on every call with the same key.
 
     A few keys are kept (a training batch, the last partial batch, a prediction batch), least
@@ -20,11 +20,11 @@ class Workspace:
         self.max_keys = max_keys
         self._slots: OrderedDict[Any, Any] = OrderedDict()
 
-    def slot(self, key: Any, make: Callable[[], Slot]) -> Slot:
+    def slot(self, key: Any, make: Callable[[Any], Slot]) -> Slot:
         slots = self._slots
         found = slots.get(key)
         if found is None:
-            found = slots[key] = make()
+            found = slots[key] = make(key)
             if len(slots) > self.max_keys:
                 slots.popitem(last=False)
         elif len(slots) > 1:

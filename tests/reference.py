@@ -44,7 +44,8 @@ SCALAR = {
     "sigmoid": (lambda z, a: _sigmoid(z), lambda z, a: _sigmoid(z) * (1 - _sigmoid(z))),
     "tanh": (lambda z, a: math.tanh(z), lambda z, a: 1 - math.tanh(z) ** 2),
     "gelu": (lambda z, a: z * _phi(z),
-             lambda z, a: _phi(z) + z * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) if abs(z) < 40 else float(z > 0)),
+             lambda z, a: (_phi(z) + z * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)) if abs(z) < 40
+             else float(z > 0)),
     "gelu_tanh": (lambda z, a: _gelu_tanh_parts(z)[0], lambda z, a: _gelu_tanh_parts(z)[1]),
     "silu": (lambda z, a: z * _sigmoid(z), lambda z, a: _sigmoid(z) * (1 + z * (1 - _sigmoid(z)))),
     "softplus": (lambda z, a: _softplus(z), lambda z, a: _sigmoid(z)),

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import reference as ref
+from conftest import tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import reference as ref
-from conftest import tolerance
 from fastnn.activations import ACTIVATIONS
 
 ACTIVATION_NAMES = list(ACTIVATIONS)
@@ -33,8 +33,7 @@ def check_close(actual, expected, dtype, what):
 
 
 def activation_cases(name):
-    for alpha in ALPHAS.get(name, [None]):
-        yield alpha
+    yield from ALPHAS.get(name, [None])
 
 
 @pytest.mark.parametrize("name", ACTIVATION_NAMES)
@@ -129,8 +128,9 @@ shape_dims = st.lists(st.integers(1, 4), min_size=1, max_size=4)
 @settings(max_examples=150, deadline=None)
 @given(a_shape=shape_dims, b_shape=shape_dims, seed=st.integers(0, 2**16))
 def test_matmul_matches_numpy_rules(a_shape, b_shape, seed):
-    from fastnn.backends import backend_for
     from conftest import USABLE
+
+    from fastnn.backends import backend_for
 
     rng = np.random.default_rng(seed)
     a_host, b_host = rng.standard_normal(a_shape), rng.standard_normal(b_shape)

@@ -1,0 +1,91 @@
+"""Backend selection: names, reasons, context variables, the environment, and a lazy import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import fastnn
+from fastnn.backends import AUTO_ORDER, REGISTRY, resolve_auto
+
+
+def test_available_backends_lists_every_name_with_a_reason():
+    available = fastnn.available_backends()
+    assert set(available) == {"numpy", "numba", "cupy"}
+    assert available["numpy"] is None  # the reference is always there
+    for name, reason in available.items():
+        assert reason is None or (isinstance(reason, str) and reason), name
+
+
+@pytest.mark.parametrize("name", [n for n, why in fastnn.available_backends().items() if why])
+def test_unusable_backend_raises_with_the_reason(name):
+    reason = fastnn.available_backends()[name]
+    with pytest.raises(fastnn.BackendUnavailable) as info:
+        fastnn.set_backend(name)
+    assert reason in str(info.value) and name in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_auto_picks_the_first_usable_in_order():
+    available = fastnn.available_backends()
+    expected = next(name for name in AUTO_ORDER if available[name] is None)
+    assert resolve_auto() == expected
+    with fastnn.use_backend("auto") as backend:
+        assert backend.name == expected
+
+
+def test_use_backend_restores_and_set_backend_returns_the_instance():
+    before = fastnn.get_backend()
+    with fastnn.use_backend("numpy") as backend:
+        assert fastnn.get_backend() is backend and backend.name == "numpy"
+    assert fastnn.get_backend() is before
+    assert fastnn.set_backend("numpy") is fastnn.get_backend()
+
+
+def test_selection_is_per_thread():
+    seen = {}
+
+    def worker():
+        with fastnn.use_backend("numpy"):
+            seen["inside"] = fastnn.get_backend().name
+        seen["after"] = fastnn.get_backend().name
+
+    main_backend = fastnn.get_backend()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"inside": "numpy", "after": resolve_auto()}
+    assert fastnn.get_backend() is main_backend
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_environment_variable_is_read_lazily():
+    ok = _python("import fastnn; print(fastnn.get_backend().name)", FASTNN_BACKEND="numpy")
+    assert ok.returncode == 0 and ok.stdout.strip() == "numpy"
+    bad = _python("import fastnn\nprint('imported')\nfastnn.get_backend()", FASTNN_BACKEND="tpu")
+    assert "imported" in bad.stdout  # importing never fails on a bad setting
+    assert "unknown backend 'tpu'" in bad.stderr
+
+
+def test_import_probes_nothing_and_loads_no_kernels():
+    code = ("import sys, fastnn, fastnn.backends as b\n"
+            "print(b._probe.cache_info().currsize, 'numba' in sys.modules, 'cupy' in sys.modules,\n"
+            "      'fastnn.kernels.numpy.activations' in sys.modules)")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "False", "False", "False"]
+
+
+def test_registry_factories_name_real_modules_for_usable_backends():
+    for name, reason in fastnn.available_backends().items():
+        if reason is None:
+            assert fastnn.set_backend(name).name == name
+    assert set(REGISTRY) <= set(fastnn.backends.VALID_NAMES)

@@ -1,0 +1,49 @@
+"""The ``fastnn`` command."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import fastnn
+from fastnn.cli import main
+
+
+def test_info_lists_backends_with_reasons(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name, reason in fastnn.available_backends().items():
+        assert re.search(rf"{name}\s+" + ("available" if reason is None else re.escape(f"unavailable: {reason}")), out)
+    assert "auto -> " in out and "numpy" in out and "thread" in out
+
+
+def test_train_xor_prints_epochs_accuracy_and_speed(capsys, tmp_path):
+    path = tmp_path / "xor.npz"
+    assert main(["train", "xor", "--backend", "numpy", "--epochs", "400", "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 400/400  loss" in out
+    assert re.search(r"final: loss [0-9.]+, accuracy 1\.0000; [0-9,]+ samples/s", out)
+    assert len(fastnn.Network.load(path).layers) == 2
+
+
+def test_train_digits_short_run(capsys):
+    assert main(["train", "digits", "--epochs", "3", "--optimizer", "adam", "--lr", "0.003"]) == 0
+    out = capsys.readouterr().out
+    assert "val_accuracy" in out and re.search(r"final: test loss [0-9.]+, accuracy 0\.[89]", out)
+
+
+def test_errors_exit_2_with_a_message(capsys):
+    unusable = [n for n, why in fastnn.available_backends().items() if why]
+    if unusable:
+        assert main(["train", "xor", "--backend", unusable[0]]) == 2
+        assert "unavailable" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("fastnn")
+    command = [exe] if exe else [sys.executable, "-m", "fastnn.cli"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "info" in result.stdout and "train" in result.stdout
+    assert exe is not None, "the fastnn console script is not on PATH (pip install -e . installs it)"
