@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
-import reference as ref
-from conftest import tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import reference as ref
+from conftest import tolerance
 from fastnn.activations import ACTIVATIONS
 
 ACTIVATION_NAMES = list(ACTIVATIONS)
@@ -129,7 +129,6 @@ shape_dims = st.lists(st.integers(1, 4), min_size=1, max_size=4)
 @given(a_shape=shape_dims, b_shape=shape_dims, seed=st.integers(0, 2**16))
 def test_matmul_matches_numpy_rules(a_shape, b_shape, seed):
     from conftest import USABLE
-
     from fastnn.backends import backend_for
 
     rng = np.random.default_rng(seed)

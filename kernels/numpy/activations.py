@@ -11,7 +11,8 @@ import functools
 import math
 
 import numpy as np
-from scipy import special
+
+from . import special
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -66,7 +67,7 @@ def leaky_relu(z, out, alpha):
 
 
 def sigmoid(z, out, alpha=None):
-    return special.expit(z, out=out)
+    return special.sigmoid(z, out)
 
 
 def tanh(z, out, alpha=None):
@@ -76,7 +77,7 @@ def tanh(z, out, alpha=None):
 def gelu(z, out, alpha=None):
     zf = np.maximum(z, -np.finfo(z.dtype).max)  # -inf -> -max so that -max * Phi = -0
     np.multiply(zf, -_SQRT_HALF, out=out)
-    special.erfc(out, out=out)  # 2 * Phi(z)
+    special.erfc(out, out)  # 2 * Phi(z)
     out *= 0.5
     return np.multiply(out, zf, out=out)
 
@@ -90,7 +91,7 @@ def _gelu_tanh_gate(z, out):
         out += 1
         out *= z
     out *= 2 * _GELU_TANH_K
-    return special.expit(out, out=out)
+    return special.sigmoid(out, out)
 
 
 def gelu_tanh(z, out, alpha=None):
@@ -101,15 +102,12 @@ def gelu_tanh(z, out, alpha=None):
 
 def silu(z, out, alpha=None):
     zf = np.maximum(z, -np.finfo(z.dtype).max)
-    special.expit(zf, out=out)
+    special.sigmoid(zf, out)
     return np.multiply(out, zf, out=out)
 
 
 def softplus(z, out, alpha=None):
-    # log(1 + e^z) = -log(sigmoid(-z)): no overflow for any z.
-    np.negative(z, out=out)
-    special.log_expit(out, out=out)
-    return np.negative(out, out=out)
+    return special.softplus(z, out)
 
 
 def elu(z, out, alpha):
@@ -171,7 +169,7 @@ def gelu_backward(dy, z, y, out, alpha=None):
     pdf *= _INV_SQRT_2PI
     pdf *= zf
     np.multiply(zf, -_SQRT_HALF, out=out)
-    special.erfc(out, out=out)
+    special.erfc(out, out)
     out *= 0.5
     out += pdf
     return np.multiply(out, dy, out=out)
@@ -196,7 +194,7 @@ def gelu_tanh_backward(dy, z, y, out, alpha=None):
 def silu_backward(dy, z, y, out, alpha=None):
     # g' = s * (1 + z * (1 - s)), s = sigmoid(z)
     zf = _finite(z)
-    s = special.expit(zf)
+    s = special.sigmoid(zf, np.empty_like(out))
     np.subtract(1, s, out=out)
     out *= zf
     out += 1
@@ -205,7 +203,7 @@ def silu_backward(dy, z, y, out, alpha=None):
 
 
 def softplus_backward(dy, z, y, out, alpha=None):
-    special.expit(z, out=out)
+    special.sigmoid(z, out)
     return np.multiply(out, dy, out=out)
 
 

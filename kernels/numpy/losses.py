@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import special
+
+from . import special
 
 # PyTorch clamps BCE's logs at -100 and its gradient's denominator at 1e-12.
 _BCE_LOG_FLOOR = -100.0
@@ -32,12 +33,11 @@ def mse(pred, target, grad):
 
 
 def bce_with_logits(logits, target, grad):
-    """l = softplus(x) - x t = -log(sigmoid(-x)) - x t, exact for any logit; grad = sigmoid(x) - t."""
+    """l = softplus(x) - x t, exact for any logit; grad = sigmoid(x) - t."""
     n = logits.size
-    np.negative(logits, out=grad)
-    special.log_expit(grad, out=grad)
-    value = _mean(-(grad.sum() + np.dot(logits.reshape(-1), target.reshape(-1))), n, logits.dtype)
-    special.expit(logits, out=grad)
+    special.softplus(logits, grad)
+    value = _mean(grad.sum() - np.dot(logits.reshape(-1), target.reshape(-1)), n, logits.dtype)
+    special.sigmoid(logits, grad)
     grad -= target
     grad *= 1.0 / max(n, 1)
     return value, grad
