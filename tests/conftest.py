@@ -9,13 +9,22 @@ import fastnn
 from fastnn.backends import REGISTRY, backend_for
 
 USABLE = [name for name, reason in fastnn.available_backends().items() if reason is None]
+# The numba backend runs small problems with serial builds of its kernels and large ones with
+# parallel builds; "numba-parallel" forces the parallel builds so both are checked everywhere.
+VARIANTS = USABLE + (["numba-parallel"] if "numba" in USABLE else [])
 
 
-@pytest.fixture(params=USABLE)
-def backend(request):
-    """A usable backend, made current for the test."""
-    with fastnn.use_backend(request.param):
-        yield backend_for(request.param)
+@pytest.fixture(params=VARIANTS)
+def backend(request, monkeypatch):
+    """A usable backend (or backend variant), made current for the test."""
+    name = request.param
+    if name == "numba-parallel":
+        from fastnn.kernels.numba import jit
+
+        monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)
+        name = "numba"
+    with fastnn.use_backend(name):
+        yield backend_for(name)
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
@@ -30,7 +39,7 @@ def tolerance(dtype) -> dict[str, float]:
 
 def pytest_report_header(config):
     unusable = {name: why for name, why in fastnn.available_backends().items() if why}
-    lines = [f"fastnn backends under test: {', '.join(USABLE)}"]
+    lines = [f"fastnn backends under test: {', '.join(VARIANTS)}"]
     lines += [f"  not under test: {name} ({why})" for name, why in unusable.items()]
     return lines
 

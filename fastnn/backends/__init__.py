@@ -38,7 +38,11 @@ def _numpy_probe() -> str | None:
 def _numba_probe() -> str | None:
     if importlib.util.find_spec("numba") is None:
         return "numba is not installed (pip install 'fastnn[jit]')"
-    return "the numba backend is not implemented in this version of fastnn (numba itself is installed)"
+    try:
+        import numba  # noqa: F401  (importing compiles nothing)
+    except Exception as exc:  # a broken install (e.g. llvmlite mismatch) is a reason, not a crash
+        return f"numba is installed but cannot be imported: {exc}"
+    return None
 
 
 def _cupy_probe() -> str | None:

@@ -1,0 +1,45 @@
+"""JIT helpers: serial and parallel builds of one kernel source, and bit casts."""
+
+from __future__ import annotations
+
+import types as pytypes
+
+from llvmlite import ir
+from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
+
+# Below this many elements a parallel launch (thread wake-up, ~1.5 us here) costs more than it
+# saves; measured on the project's 2-core machines with benchmarks/test_numba_kernels.py.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def serial_and_parallel(fn, **options):
+    """Two cached builds of ``fn``: plain, and ``parallel=True`` (where ``prange`` splits the
+    loop across threads). The parallel copy gets its own qualified name so the two never share
+    an on-disk cache entry."""
+    serial = njit(cache=True, **options)(fn)
+    twin = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
+                                fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"
+    twin.__module__ = fn.__module__
+    twin.__doc__ = fn.__doc__
+    parallel = njit(cache=True, parallel=True, **options)(twin)
+    return serial, parallel
+
+
+def pick(variants, size: int):
+    """The serial build for small problems, the parallel one for large."""
+    return variants[1] if size >= PARALLEL_MIN_ELEMENTS else variants[0]
+
+
+@intrinsic
+def int64_as_float64(typingctx, bits):
+    """Reinterpret an int64's bits as a float64 (used to build powers of two without ldexp,
+    which is a libm call that stops LLVM from vectorising the loop)."""
+    signature = types.float64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return signature, codegen

@@ -1,0 +1,216 @@
+"""The Numba backend's ``KernelSet``: the contract's entry points, each guarded.
+
+An entry point runs its JIT kernel when the operands suit it (C-contiguous) and otherwise
+falls back to the NumPy reference kernel, so the backend is complete for every input and fast
+for the ones training produces. Large GEMMs stay with NumPy's BLAS; the JIT kernels do what
+BLAS cannot fuse: bias + activation after the GEMM, activation backward, the bias-gradient
+reduction, the losses, the optimizer updates and batches of small matrix products.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastnn.activations import ACTIVATIONS
+from fastnn.backends.base import KernelSet
+
+from ..numpy import activations as reference_activations
+from ..numpy import linear as reference_linear
+from ..numpy import losses as reference_losses
+from ..numpy import optimizers as reference_optimizers
+from . import elementwise, losses, matmul, optimizers
+from .jit import pick
+from .scalar import CODES
+
+if tuple(ACTIVATIONS) != CODES:  # the JIT switch relies on this order
+    raise ImportError(f"numba activation codes {CODES} are out of step with {tuple(ACTIVATIONS)}")
+
+# A batched product runs in the JIT kernel while one matrix product is at most this many
+# multiply-adds (m * k * n); larger ones amortise BLAS's per-call cost. Measured crossover:
+# benchmarks/test_numba_kernels.py::test_batched_matmul_crossover.
+SMALL_MATMUL_MACS = 16 * 16 * 16
+
+
+def _contiguous(*arrays) -> bool:
+    return all(a is None or a.flags.c_contiguous for a in arrays)
+
+
+def _alpha(alpha) -> float:
+    return 0.0 if alpha is None else float(alpha)
+
+
+def _forward_entry(name: str):
+    code = CODES.index(name)
+    reference = reference_activations.FORWARD[name]
+
+    def forward(z, out, alpha):
+        if not _contiguous(z, out):
+            return reference(z, out, alpha)
+        pick(elementwise.forward, z.size)(z.reshape(-1), out.reshape(-1), _alpha(alpha), code)
+        return out
+
+    return forward
+
+
+def _backward_entry(name: str):
+    code = CODES.index(name)
+    reference = reference_activations.BACKWARD[name]
+
+    def backward(dy, z, y, out, alpha):
+        if not _contiguous(dy, z, y, out):
+            return reference(dy, z, y, out, alpha)
+        pick(elementwise.backward, z.size)(dy.reshape(-1), z.reshape(-1), y.reshape(-1), out.reshape(-1),
+                                           _alpha(alpha), code)
+        return out
+
+    return backward
+
+
+def _batch_view(operand, batch):
+    """``operand (*, r, c)`` as ``(B, r, c)`` (or ``(1, r, c)`` when it is not batched), without
+    copying; ``None`` for broadcast patterns the kernel does not take."""
+    rows, cols = operand.shape[-2:]
+    own = operand.shape[:-2]
+    if own == batch:
+        return operand.reshape(-1, rows, cols)
+    if all(d == 1 for d in own):
+        return operand.reshape(1, rows, cols)
+    return None
+
+
+def matmul_kernel(a, b, out=None):
+    """NumPy matmul semantics; batches of small matrices go to the parallel JIT kernel."""
+    if a.ndim >= 2 and b.ndim >= 2 and max(a.ndim, b.ndim) >= 3 and _contiguous(a, b) \
+            and a.shape[-2] * a.shape[-1] * b.shape[-1] <= SMALL_MATMUL_MACS:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        left, right = _batch_view(a, batch), _batch_view(b, batch)
+        if left is not None and right is not None:
+            shape = (*batch, a.shape[-2], b.shape[-1])
+            result = np.empty(shape, a.dtype) if out is None else out
+            if _contiguous(result):
+                flat = result.reshape(-1, shape[-2], shape[-1])
+                pick(matmul.batched_matmul, flat.size * a.shape[-1])(left, right, flat)
+                return result
+    return np.matmul(a, b, out=out)
+
+
+def linear_forward(x, weight, bias, activation, alpha, z, y):
+    """BLAS GEMM, then one JIT pass for bias + activation (writes z and y)."""
+    rows = reference_linear._rows
+    z2 = rows(z)
+    np.matmul(rows(x), weight.T, out=z2)
+    if not _contiguous(z, y):
+        if bias is not None:
+            z2 += bias
+        if y is not z:
+            reference_activations.FORWARD[activation](z, y, alpha)
+        return z, y
+    if y is z:
+        if bias is not None:
+            pick(elementwise.bias_add_inplace, z.size)(z2, bias)
+    else:
+        bias_values = bias if bias is not None else _zeros(z2.shape[1], z.dtype)
+        pick(elementwise.bias_activation, z.size)(z2, bias_values, rows(y), _alpha(alpha),
+                                                  CODES.index(activation))
+    return z, y
+
+
+_ZERO_BIAS: dict = {}
+
+
+def _zeros(n: int, dtype) -> np.ndarray:
+    key = (n, np.dtype(dtype))
+    zeros = _ZERO_BIAS.get(key)
+    if zeros is None:
+        zeros = _ZERO_BIAS[key] = np.zeros(n, dtype)
+        zeros.flags.writeable = False
+    return zeros
+
+
+def linear_backward(x, weight, dz, dx, dweight, dbias):
+    """BLAS for dweight = dz^T x and dx = dz weight; the bias gradient is a parallel,
+    deterministic column sum."""
+    rows = reference_linear._rows
+    dz2 = rows(dz)
+    np.matmul(dz2.T, rows(x), out=dweight)
+    if dbias is not None:
+        if _contiguous(dz2):
+            pick(elementwise.column_sums, dz2.size)(dz2, dbias)
+        else:
+            np.sum(dz2, axis=0, out=dbias)
+    if dx is not None:
+        np.matmul(dz2, weight, out=rows(dx))
+    return dx, dweight, dbias
+
+
+def _mean(total: float, n: int, dtype) -> np.ndarray:
+    return np.asarray(total / n if n else np.nan, dtype=dtype)
+
+
+def softmax_cross_entropy(logits, target, grad):
+    classes = logits.shape[-1]
+    if not _contiguous(logits, target, grad) or logits.size == 0:
+        return reference_losses.softmax_cross_entropy(logits, target, grad)
+    z, g = logits.reshape(-1, classes), grad.reshape(-1, classes)
+    n = z.shape[0]
+    if target.dtype.kind in "iu":
+        labels = target.reshape(-1)
+        if labels.dtype != np.int64:
+            labels = labels.astype(np.int64)
+        total = pick(losses.softmax_xent_labels, z.size)(z, labels, g, 1.0 / n)
+    else:
+        total = pick(losses.softmax_xent_probs, z.size)(z, target.reshape(-1, classes), g, 1.0 / n)
+    return _mean(total, n, logits.dtype), grad
+
+
+def _elementwise_loss(kernels, reference):
+    def loss(pred, target, grad):
+        if not _contiguous(pred, target, grad) or pred.size == 0:
+            return reference(pred, target, grad)
+        n = pred.size
+        total = pick(kernels, n)(pred.reshape(-1), target.reshape(-1), grad.reshape(-1), 1.0 / n)
+        return _mean(total, n, pred.dtype), grad
+
+    return loss
+
+
+def sgd(param, grad, velocity, scratch, *, lr, momentum, nesterov, weight_decay, first_step):
+    if not _contiguous(param, grad, velocity):
+        return reference_optimizers.sgd(param, grad, velocity, scratch, lr=lr, momentum=momentum,
+                                        nesterov=nesterov, weight_decay=weight_decay, first_step=first_step)
+    pick(optimizers.sgd, param.size)(param, grad, velocity, float(lr), float(momentum), bool(nesterov),
+                                     float(weight_decay), bool(first_step))
+    return param
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, scratch, scratch2, *, step, lr, beta1, beta2, eps,
+         weight_decay, decoupled):
+    if not _contiguous(param, grad, exp_avg, exp_avg_sq):
+        return reference_optimizers.adam(param, grad, exp_avg, exp_avg_sq, scratch, scratch2, step=step, lr=lr,
+                                         beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                         decoupled=decoupled)
+    step_size = lr / (1.0 - beta1**step)
+    bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
+    l2 = 0.0 if decoupled else float(weight_decay)
+    decay = 1.0 - lr * weight_decay if decoupled else 1.0
+    pick(optimizers.adam, param.size)(param, grad, exp_avg, exp_avg_sq, float(step_size), float(bias_correction2_sqrt),
+                                      float(beta1), float(beta2), float(eps), l2, float(decay))
+    return param
+
+
+NUMBA_KERNELS = KernelSet(
+    forward={name: _forward_entry(name) for name in ACTIVATIONS},
+    backward={name: _backward_entry(name) for name in ACTIVATIONS},
+    softmax=reference_activations.softmax,
+    softmax_backward=reference_activations.softmax_backward,
+    matmul=matmul_kernel,
+    bias_add=reference_linear.bias_add,
+    linear_forward=linear_forward,
+    linear_backward=linear_backward,
+    mse=_elementwise_loss(losses.mse, reference_losses.mse),
+    bce=_elementwise_loss(losses.bce, reference_losses.bce),
+    bce_with_logits=_elementwise_loss(losses.bce_with_logits, reference_losses.bce_with_logits),
+    softmax_cross_entropy=softmax_cross_entropy,
+    sgd=sgd,
+    adam=adam,
+)

@@ -1,0 +1,107 @@
+"""Fused loss kernels: value and gradient in one call, rows in parallel.
+
+Each returns the summed loss; the caller divides by the sample or element count (the mean
+reductions are documented in ``fastnn.backends.base``). Reductions use prange's per-thread
+partial sums, combined in a fixed order for a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from .jit import serial_and_parallel
+from .scalar import fast_exp, sigmoid, softplus
+
+
+def _softmax_xent_labels(z, labels, grad, inv_n):
+    """z, grad (rows, classes); labels (rows,). grad = (softmax(z) - onehot) * inv_n."""
+    rows, classes = z.shape
+    total = 0.0
+    for i in prange(rows):
+        top = -math.inf
+        for j in range(classes):
+            v = np.float64(z[i, j])
+            if v > top or v != v:
+                top = v
+        s = 0.0
+        for j in range(classes):
+            e = fast_exp(np.float64(z[i, j]) - top)
+            grad[i, j] = e
+            s += e
+        scale = inv_n / s
+        for j in range(classes):
+            grad[i, j] *= scale
+        label = labels[i]
+        grad[i, label] -= inv_n
+        total += top + math.log(s) - np.float64(z[i, label])
+    return total
+
+
+def _softmax_xent_probs(z, target, grad, inv_n):
+    """As above with probability rows: loss_i = sum_j t_ij (lse_i - z_ij)."""
+    rows, classes = z.shape
+    total = 0.0
+    for i in prange(rows):
+        top = -math.inf
+        for j in range(classes):
+            v = np.float64(z[i, j])
+            if v > top or v != v:
+                top = v
+        s = 0.0
+        mass = 0.0
+        dot = 0.0
+        for j in range(classes):
+            e = fast_exp(np.float64(z[i, j]) - top)
+            grad[i, j] = e
+            s += e
+            t = np.float64(target[i, j])
+            mass += t
+            dot += t * np.float64(z[i, j])
+        scale = inv_n * mass / s
+        for j in range(classes):
+            grad[i, j] = grad[i, j] * scale - target[i, j] * inv_n
+        total += (top + math.log(s)) * mass - dot
+    return total
+
+
+def _bce_with_logits(x, t, grad, inv_n):
+    total = 0.0
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        target = np.float64(t[i])
+        total += softplus(v) - v * target
+        grad[i] = (sigmoid(v) - target) * inv_n
+    return total
+
+
+def _bce(p, t, grad, inv_n):
+    total = 0.0
+    for i in prange(p.size):
+        prob = np.float64(p[i])
+        target = np.float64(t[i])
+        log_p = max(math.log(prob), -100.0) if prob > 0 else -100.0
+        log_q = max(math.log1p(-prob), -100.0) if prob < 1 else -100.0
+        if prob != prob:
+            log_p = prob
+        total -= target * log_p + (1.0 - target) * log_q
+        grad[i] = (prob - target) / max(prob * (1.0 - prob), 1e-12) * inv_n
+    return total
+
+
+def _mse(p, t, grad, inv_n):
+    total = 0.0
+    for i in prange(p.size):
+        d = np.float64(p[i]) - np.float64(t[i])
+        total += d * d
+        grad[i] = 2.0 * d * inv_n
+    return total
+
+
+softmax_xent_labels = serial_and_parallel(_softmax_xent_labels)
+softmax_xent_probs = serial_and_parallel(_softmax_xent_probs)
+bce_with_logits = serial_and_parallel(_bce_with_logits)
+bce = serial_and_parallel(_bce)
+mse = serial_and_parallel(_mse)
