@@ -27,6 +27,16 @@ def backend(request, monkeypatch):
         yield backend_for(name)
 
 
+@pytest.fixture(autouse=True)
+def _restore_backend_selection():
+    """Tests may call set_backend; each starts from and leaves the session's selection."""
+    from fastnn.backends import _current
+
+    token = _current.set(_current.get())
+    yield
+    _current.reset(token)
+
+
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
 def dtype(request):
     return np.dtype(request.param)

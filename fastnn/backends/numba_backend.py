@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from ..kernels.numba.kernelset import NUMBA_KERNELS
 from .numpy_backend import NumpyBackend
 
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
-    kernels = NUMBA_KERNELS
+
+    def __init__(self) -> None:
+        # Imported here, not at module level, so that even importing this module compiles and
+        # probes nothing; the kernels themselves compile on first call.
+        from ..kernels.numba.kernelset import NUMBA_KERNELS
+
+        self.kernels = NUMBA_KERNELS

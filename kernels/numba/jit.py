@@ -14,10 +14,15 @@ from numba.extending import intrinsic
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
-def serial_and_parallel(fn, **options):
+def serial_and_parallel(fn, suffix: str = "", **options):
     """Two cached builds of ``fn``: plain, and ``parallel=True`` (where ``prange`` splits the
-    loop across threads). The parallel copy gets its own qualified name so the two never share
-    an on-disk cache entry."""
+    loop across threads).
+
+    ``fn`` may be a closure made by a kernel factory: its free variables (an activation code, a
+    matrix shape) are compile-time constants, so each specialisation compiles to its own tight,
+    vectorised loop. ``suffix`` names the specialisation; every build gets its own qualified
+    name so none shares an on-disk cache entry with another."""
+    fn.__qualname__ = f"{fn.__qualname__}_{suffix}" if suffix else fn.__qualname__
     serial = njit(cache=True, **options)(fn)
     twin = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
                                 fn.__defaults__, fn.__closure__)
@@ -41,5 +46,16 @@ def int64_as_float64(typingctx, bits):
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], ir.DoubleType())
+
+    return signature, codegen
+
+
+@intrinsic
+def int32_as_float32(typingctx, bits):
+    """Reinterpret an int32's bits as a float32."""
+    signature = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
 
     return signature, codegen

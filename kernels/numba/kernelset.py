@@ -35,32 +35,32 @@ def _contiguous(*arrays) -> bool:
     return all(a is None or a.flags.c_contiguous for a in arrays)
 
 
-def _alpha(alpha) -> float:
-    return 0.0 if alpha is None else float(alpha)
+def _alpha(alpha, dtype):
+    """The activation parameter typed like the data, so float32 kernels stay in float32."""
+    return dtype.type(0.0 if alpha is None else alpha)
 
 
 def _forward_entry(name: str):
-    code = CODES.index(name)
+    kernels = elementwise.forward[name]
     reference = reference_activations.FORWARD[name]
 
     def forward(z, out, alpha):
         if not _contiguous(z, out):
             return reference(z, out, alpha)
-        pick(elementwise.forward, z.size)(z.reshape(-1), out.reshape(-1), _alpha(alpha), code)
+        pick(kernels, z.size)(z.reshape(-1), out.reshape(-1), _alpha(alpha, z.dtype))
         return out
 
     return forward
 
 
 def _backward_entry(name: str):
-    code = CODES.index(name)
+    kernels = elementwise.backward[name]
     reference = reference_activations.BACKWARD[name]
 
     def backward(dy, z, y, out, alpha):
         if not _contiguous(dy, z, y, out):
             return reference(dy, z, y, out, alpha)
-        pick(elementwise.backward, z.size)(dy.reshape(-1), z.reshape(-1), y.reshape(-1), out.reshape(-1),
-                                           _alpha(alpha), code)
+        pick(kernels, z.size)(dy.reshape(-1), z.reshape(-1), y.reshape(-1), out.reshape(-1), _alpha(alpha, z.dtype))
         return out
 
     return backward
@@ -110,8 +110,7 @@ def linear_forward(x, weight, bias, activation, alpha, z, y):
             pick(elementwise.bias_add_inplace, z.size)(z2, bias)
     else:
         bias_values = bias if bias is not None else _zeros(z2.shape[1], z.dtype)
-        pick(elementwise.bias_activation, z.size)(z2, bias_values, rows(y), _alpha(alpha),
-                                                  CODES.index(activation))
+        pick(elementwise.bias_activation[activation], z.size)(z2, bias_values, rows(y), _alpha(alpha, z.dtype))
     return z, y
 
 

@@ -3,6 +3,10 @@
 Each returns the summed loss; the caller divides by the sample or element count (the mean
 reductions are documented in ``fastnn.backends.base``). Reductions use prange's per-thread
 partial sums, combined in a fixed order for a fixed thread count.
+
+The kernels are built with ``fastmath={"reassoc", "contract"}``: sums may be reordered (so they
+vectorise; the result moves within rounding, never past the documented tolerances) and
+multiply-adds fused. No flag that assumes away NaN or inf is used, so both still propagate.
 """
 
 from __future__ import annotations
@@ -10,10 +14,26 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .jit import serial_and_parallel
-from .scalar import fast_exp, sigmoid, softplus
+from .scalar import fast_exp, like, sigmoid, softplus
+
+
+def _row_exp(z, grad, i):
+    """grad[i] = exp(z[i] - max(z[i])); returns (max, sum). A NaN in the row is skipped by the
+    max and then makes every exp, the sum and so the loss and gradient NaN."""
+    classes = z.shape[1]
+    top = like(z[i, 0], -math.inf)
+    for j in range(classes):
+        v = z[i, j]
+        top = v if v > top else top
+    for j in range(classes):
+        grad[i, j] = fast_exp(z[i, j] - top)  # in z's precision: float32 runs 8 lanes wide
+    s = 0.0
+    for j in range(classes):
+        s += np.float64(grad[i, j])
+    return top, s
 
 
 def _softmax_xent_labels(z, labels, grad, inv_n):
@@ -21,22 +41,13 @@ def _softmax_xent_labels(z, labels, grad, inv_n):
     rows, classes = z.shape
     total = 0.0
     for i in prange(rows):
-        top = -math.inf
-        for j in range(classes):
-            v = np.float64(z[i, j])
-            if v > top or v != v:
-                top = v
-        s = 0.0
-        for j in range(classes):
-            e = fast_exp(np.float64(z[i, j]) - top)
-            grad[i, j] = e
-            s += e
+        top, s = row_exp(z, grad, i)
         scale = inv_n / s
         for j in range(classes):
             grad[i, j] *= scale
         label = labels[i]
         grad[i, label] -= inv_n
-        total += top + math.log(s) - np.float64(z[i, label])
+        total += np.float64(top) + math.log(s) - np.float64(z[i, label])
     return total
 
 
@@ -45,34 +56,26 @@ def _softmax_xent_probs(z, target, grad, inv_n):
     rows, classes = z.shape
     total = 0.0
     for i in prange(rows):
-        top = -math.inf
-        for j in range(classes):
-            v = np.float64(z[i, j])
-            if v > top or v != v:
-                top = v
-        s = 0.0
+        top, s = row_exp(z, grad, i)
         mass = 0.0
         dot = 0.0
         for j in range(classes):
-            e = fast_exp(np.float64(z[i, j]) - top)
-            grad[i, j] = e
-            s += e
             t = np.float64(target[i, j])
             mass += t
             dot += t * np.float64(z[i, j])
         scale = inv_n * mass / s
         for j in range(classes):
             grad[i, j] = grad[i, j] * scale - target[i, j] * inv_n
-        total += (top + math.log(s)) * mass - dot
+        total += (np.float64(top) + math.log(s)) * mass - dot
     return total
 
 
 def _bce_with_logits(x, t, grad, inv_n):
     total = 0.0
     for i in prange(x.size):
-        v = np.float64(x[i])
-        target = np.float64(t[i])
-        total += softplus(v) - v * target
+        v = x[i]
+        target = t[i]
+        total += np.float64(softplus(v)) - np.float64(v) * np.float64(target)
         grad[i] = (sigmoid(v) - target) * inv_n
     return total
 
@@ -100,8 +103,10 @@ def _mse(p, t, grad, inv_n):
     return total
 
 
-softmax_xent_labels = serial_and_parallel(_softmax_xent_labels)
-softmax_xent_probs = serial_and_parallel(_softmax_xent_probs)
-bce_with_logits = serial_and_parallel(_bce_with_logits)
-bce = serial_and_parallel(_bce)
-mse = serial_and_parallel(_mse)
+_FAST = {"fastmath": {"reassoc", "contract"}}
+row_exp = njit(cache=True, **_FAST)(_row_exp)
+softmax_xent_labels = serial_and_parallel(_softmax_xent_labels, **_FAST)
+softmax_xent_probs = serial_and_parallel(_softmax_xent_probs, **_FAST)
+bce_with_logits = serial_and_parallel(_bce_with_logits, **_FAST)
+bce = serial_and_parallel(_bce, **_FAST)
+mse = serial_and_parallel(_mse, **_FAST)

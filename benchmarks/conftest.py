@@ -1,0 +1,50 @@
+"""pytest-benchmark set-up for ``pytest benchmarks/ --benchmark-only``.
+
+Each benchmark belongs to a ``group`` (one workload) and names its contender in
+``extra_info["contender"]``; after the run, ``pytest_terminal_summary`` prints each group's
+speed-up of every contender over the group's baseline, as ratios of medians measured in the same
+run, beside the project's target for it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# group -> (baseline contender, contender to check, target speed-up)
+TARGETS: dict[str, tuple[str, str, float]] = {}
+
+
+def target(group: str, baseline: str, contender: str, ratio: float) -> None:
+    TARGETS[group] = (baseline, contender, ratio)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true", help="small sizes: a smoke run of every benchmark")
+
+
+@pytest.fixture
+def quick(request) -> bool:
+    return request.config.getoption("--quick")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    medians: dict[str, dict[str, float]] = {}
+    for bench in session.benchmarks:
+        if bench.stats is None:
+            continue
+        contender = bench.extra_info.get("contender", bench.name)
+        medians.setdefault(bench.group, {})[contender] = bench.stats.median
+    terminalreporter.write_sep("-", "speed-ups (ratio of medians, same run)")
+    for group, by_contender in sorted(medians.items()):
+        baseline, checked, goal = TARGETS.get(group, (None, None, None))
+        base = by_contender.get(baseline) if baseline else None
+        for contender, median in sorted(by_contender.items(), key=lambda item: item[1]):
+            line = f"{group:38s} {contender:14s} {median * 1e3:10.3f} ms"
+            if base:
+                line += f"   {base / median:6.2f}x vs {baseline}"
+                if contender == checked:
+                    line += f"   target >= {goal:.2f}x: {'met' if base / median >= goal else 'NOT met'}"
+            terminalreporter.write_line(line)

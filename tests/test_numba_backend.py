@@ -1,0 +1,85 @@
+"""What is specific to the Numba backend: lazy compilation, the on-disk cache, dispatch by size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+
+pytestmark = pytest.mark.skipif(fastnn.available_backends()["numba"] is not None,
+                                reason=f"numba backend unusable: {fastnn.available_backends()['numba']}")
+
+
+def _python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_selecting_the_backend_compiles_nothing():
+    code = ("import fastnn\n"
+            "fastnn.set_backend('numba')\n"
+            "from fastnn.kernels.numba import elementwise, losses, optimizers, matmul\n"
+            "tables = [elementwise.forward, elementwise.backward, elementwise.bias_activation]\n"
+            "pairs = [p for t in tables for p in t.values()] + [losses.mse, losses.softmax_xent_labels,\n"
+            "         optimizers.sgd, optimizers.adam, matmul.batched_matmul, elementwise.column_sums]\n"
+            "print(sum(len(d.signatures) for pair in pairs for d in pair))\n")
+    assert _python(code).strip() == "0"
+
+
+def test_a_second_process_loads_compiled_kernels_from_the_cache():
+    code = ("import numpy as np, fastnn\n"
+            "from fastnn.kernels.numba import elementwise\n"
+            "b = fastnn.set_backend('numba')\n"
+            "b.activation('tanh', np.linspace(-3, 3, 7))\n"
+            "d = elementwise.forward['tanh'][0]\n"
+            "print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))\n")
+    _python(code)  # compiles (or loads) and writes the cache
+    hits, misses = _python(code).split()
+    assert (hits, misses) == ("1", "0")
+
+
+def test_size_picks_the_serial_or_parallel_build():
+    from fastnn.kernels.numba import jit
+
+    variants = ("serial", "parallel")
+    assert jit.pick(variants, jit.PARALLEL_MIN_ELEMENTS - 1) == "serial"
+    assert jit.pick(variants, jit.PARALLEL_MIN_ELEMENTS) == "parallel"
+
+
+def test_small_batched_products_take_the_jit_kernel_and_large_ones_blas(monkeypatch):
+    from fastnn.kernels.numba import kernelset, matmul
+
+    calls = []
+    serial, parallel = matmul.batched_matmul
+    monkeypatch.setattr(matmul, "batched_matmul", (lambda *a: calls.append("serial") or serial(*a),
+                                                   lambda *a: calls.append("parallel") or parallel(*a)))
+    backend = fastnn.backends.backend_for("numba")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5000, 2, 3)), rng.standard_normal((3, 4))
+    np.testing.assert_allclose(backend.matmul(a, b), a @ b, rtol=1e-12)
+    assert calls == ["parallel"]  # 5000 * 2 * 4 * 3 multiply-adds: past the parallel threshold
+    np.testing.assert_allclose(backend.matmul(a[:10], b), a[:10] @ b, rtol=1e-12)
+    assert calls == ["parallel", "serial"]
+    big = rng.standard_normal((2, 64, 64))
+    np.testing.assert_allclose(backend.matmul(big, big), big @ big, rtol=1e-12)
+    assert calls == ["parallel", "serial"]  # 64^3 > SMALL_MATMUL_MACS: BLAS
+    assert 64 ** 3 > kernelset.SMALL_MATMUL_MACS >= 2 * 3 * 4
+
+
+def test_training_matches_the_numpy_backend():
+    X, _, y, _ = fastnn.datasets.digits()
+    results = {}
+    for name in ("numpy", "numba"):
+        with fastnn.use_backend(name):
+            net = fastnn.Network([fastnn.Linear(64, 32, "tanh", seed=0, dtype=np.float64),
+                                  fastnn.Linear(32, 10, seed=1, dtype=np.float64)])
+            history = net.fit(X[:512], y[:512], "cross_entropy", fastnn.Adam(0.01), epochs=3, batch_size=32,
+                              seed=0, progress=False)
+            results[name] = (history["loss"], np.concatenate([p.ravel() for p in net.parameters()]))
+    np.testing.assert_allclose(results["numba"][0], results["numpy"][0], rtol=1e-9)
+    np.testing.assert_allclose(results["numba"][1], results["numpy"][1], rtol=1e-8, atol=1e-10)
