@@ -26,7 +26,8 @@ def test_selecting_the_backend_compiles_nothing():
             "from fastnn.kernels.numba import elementwise, losses, optimizers, matmul\n"
             "tables = [elementwise.forward, elementwise.backward, elementwise.bias_activation]\n"
             "pairs = [p for t in tables for p in t.values()] + [losses.mse, losses.softmax_xent_labels,\n"
-            "         optimizers.sgd, optimizers.adam, matmul.batched_matmul, elementwise.column_sums]\n"
+            "         optimizers.sgd, optimizers.adam, elementwise.column_sums]\n"
+            "assert matmul.batched_matmul.cache_info().currsize == 0\n"
             "print(sum(len(d.signatures) for pair in pairs for d in pair))\n")
     assert _python(code).strip() == "0"
 
@@ -55,9 +56,13 @@ def test_small_batched_products_take_the_jit_kernel_and_large_ones_blas(monkeypa
     from fastnn.kernels.numba import kernelset, matmul
 
     calls = []
-    serial, parallel = matmul.batched_matmul
-    monkeypatch.setattr(matmul, "batched_matmul", (lambda *a: calls.append("serial") or serial(*a),
-                                                   lambda *a: calls.append("parallel") or parallel(*a)))
+    specialise = matmul.batched_matmul
+
+    def recording(m, k, n):
+        serial, parallel = specialise(m, k, n)
+        return (lambda *a: calls.append("serial") or serial(*a), lambda *a: calls.append("parallel") or parallel(*a))
+
+    monkeypatch.setattr(matmul, "batched_matmul", recording)
     backend = fastnn.backends.backend_for("numba")
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((5000, 2, 3)), rng.standard_normal((3, 4))

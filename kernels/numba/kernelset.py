@@ -89,7 +89,8 @@ def matmul_kernel(a, b, out=None):
             result = np.empty(shape, a.dtype) if out is None else out
             if _contiguous(result):
                 flat = result.reshape(-1, shape[-2], shape[-1])
-                pick(matmul.batched_matmul, flat.size * a.shape[-1])(left, right, flat)
+                kernels = matmul.batched_matmul(a.shape[-2], a.shape[-1], b.shape[-1])
+                pick(kernels, flat.size * a.shape[-1])(left, right, flat)
                 return result
     return np.matmul(a, b, out=out)
 

@@ -1,11 +1,13 @@
-"""Training throughput on seed 003's digits network: fastnn ``fit`` vs PyTorch eager vs a
-hand-vectorised NumPy loop, as ratios measured in one run.
+"""Training throughput: fastnn ``fit`` vs PyTorch eager vs a hand-vectorised NumPy loop, as
+ratios measured in one run.
 
-Network 64-128-64-10, ReLU, softmax cross-entropy, SGD (lr 0.1), batch 64, float32, shuffled
-each epoch. Each contender trains ``--epochs`` epochs per repeat; the median samples/s of the
-repeats is reported after one warm-up repeat. PyTorch uses the same thread count as NumPy's BLAS.
+``--net digits`` (default): seed 003's network 64-128-64-10 on scikit-learn's digits, batch 64.
+``--net large``: a 784-1024-1024-10 MLP on 8192 synthetic MNIST-sized samples, batch 256.
+ReLU, softmax cross-entropy, SGD (lr 0.1), float32, shuffled each epoch. Each contender trains
+``--epochs`` epochs per repeat; the median samples/s of the repeats is reported after one
+warm-up repeat. PyTorch uses the same thread count as NumPy's BLAS.
 
-    python benchmarks/digits_training.py [--backend numpy] [--epochs 20] [--repeats 5]
+    python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import numpy as np
 
 import fastnn
 
-LAYERS = (64, 128, 64, 10)
-BATCH = 64
+NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
+LAYERS, BATCH = NETS["digits"]
 LR = 0.1
 
 
@@ -97,7 +99,9 @@ def torch_samples_per_s(X, y, epochs, threads):
     return n * epochs / (time.perf_counter() - started)
 
 
-def torch_repeats(X, y, epochs, threads, repeats) -> list[float]:
+def torch_repeats(X, y, epochs, threads, repeats, net) -> list[float]:
+    global LAYERS, BATCH
+    LAYERS, BATCH = NETS[net]  # a spawned child starts from the module defaults
     rates = [torch_samples_per_s(X, y, epochs, threads) for _ in range(repeats + 1)]
     return [] if rates[0] is None else rates[1:]
 
@@ -116,8 +120,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--net", choices=sorted(NETS), default="digits")
     args = parser.parse_args(argv)
-    X, _, y, _ = fastnn.datasets.digits()
+    global LAYERS, BATCH
+    LAYERS, BATCH = NETS[args.net]
+    if args.net == "digits":
+        X, _, y, _ = fastnn.datasets.digits()
+    else:
+        rng = np.random.default_rng(0)
+        X = rng.random((8192, LAYERS[0]), dtype=np.float32)
+        y = rng.integers(0, LAYERS[-1], len(X))
     threads = blas_threads()
     results: dict[str, list[float]] = {"fastnn": [], "numpy loop": []}
     for repeat in range(args.repeats + 1):  # repeat 0 warms up (BLAS threads, caches, JIT)
@@ -129,9 +141,11 @@ def main(argv=None) -> dict:
     # PyTorch runs afterwards in a child process while this one waits: its OpenMP workers keep
     # spinning after each op and would steal the second core from anything run beside them.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats).result()
+        results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
+                                             args.net).result()
     medians = {name: statistics.median(v) for name, v in results.items() if v}
-    print(f"digits 64-128-64-10, batch {BATCH}, float32, {args.epochs} epochs x {args.repeats} repeats, "
+    print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
+          f"{args.epochs} epochs x {args.repeats} repeats, "
           f"{threads} BLAS thread(s); fastnn backend {args.backend!r}, final loss {loss:.4f}")
     for name, values in results.items():
         if values:
