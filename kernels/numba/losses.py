@@ -20,20 +20,50 @@ from .jit import serial_and_parallel
 from .scalar import fast_exp, like, sigmoid, softplus
 
 
+def _row_max(z, i):
+    """max(z[i]) ignoring NaN, with eight running maxima: a select-reduction over one
+    accumulator does not vectorise (it would need fastmath's no-NaN flag), eight independent
+    ones do (3.4x faster on 1000 classes)."""
+    cols = z.shape[1]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = z[i, 0]
+    j = 0
+    while j + 8 <= cols:
+        v0, v1, v2, v3 = z[i, j], z[i, j + 1], z[i, j + 2], z[i, j + 3]
+        v4, v5, v6, v7 = z[i, j + 4], z[i, j + 5], z[i, j + 6], z[i, j + 7]
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+        j += 8
+    while j < cols:
+        v = z[i, j]
+        m0 = v if v > m0 else m0
+        j += 1
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return m4 if m4 > m0 else m0
+
+
 def _row_exp(z, grad, i):
     """grad[i] = exp(z[i] - max(z[i])); returns (max, sum). A NaN in the row is skipped by the
-    max and then makes every exp, the sum and so the loss and gradient NaN."""
-    classes = z.shape[1]
-    top = like(z[i, 0], -math.inf)
-    for j in range(classes):
-        v = z[i, j]
-        top = v if v > top else top
-    for j in range(classes):
-        grad[i, j] = fast_exp(z[i, j] - top)  # in z's precision: float32 runs 8 lanes wide
-    s = 0.0
-    for j in range(classes):
-        s += np.float64(grad[i, j])
-    return top, s
+    max and then makes its exp, the sum and so the loss and gradient NaN."""
+    top = row_max(z, i)
+    if top != top:  # z[i, 0] is NaN: any finite shift will do, the NaN spreads anyway
+        top = like(top, 0.0)
+    s = like(top, 0.0)
+    for j in range(z.shape[1]):
+        e = fast_exp(z[i, j] - top)  # in z's precision: float32 runs 8 lanes wide
+        grad[i, j] = e
+        s += e  # reassociated into 8 lanes: about 1e-7 relative in float32 for 1000 classes
+    return top, np.float64(s)
 
 
 def _softmax_xent_labels(z, labels, grad, inv_n):
@@ -104,6 +134,7 @@ def _mse(p, t, grad, inv_n):
 
 
 _FAST = {"fastmath": {"reassoc", "contract"}}
+row_max = njit(inline="always", cache=True)(_row_max)
 row_exp = njit(cache=True, **_FAST)(_row_exp)
 softmax_xent_labels = serial_and_parallel(_softmax_xent_labels, **_FAST)
 softmax_xent_probs = serial_and_parallel(_softmax_xent_probs, **_FAST)
