@@ -9,7 +9,7 @@ Quick start::
 
 from __future__ import annotations
 
-from . import datasets, init, losses
+from . import datasets, init, losses, plots
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend, set_backend, use_backend
 from .errors import BackendUnavailable
@@ -39,5 +39,5 @@ __all__ = [
     "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable",
     "History", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
     "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
-    "get_backend", "gradcheck", "init", "losses", "set_backend", "use_backend",
+    "get_backend", "gradcheck", "init", "losses", "plots", "set_backend", "use_backend",
 ]

@@ -5,8 +5,11 @@ Layout (format version 1):
 - ``fastnn_format``: the string ``"fastnn-checkpoint"``; ``format_version``: 1.
 - ``architecture``: JSON ``[{"kind": "Linear", "config": {...}}, ...]``.
 - ``params/{layer index}/{name}``: one array per parameter, in the layer's dtype.
-- ``digest``: SHA-256 over the architecture and every parameter's name, dtype, shape and bytes, so
-  a file altered after it was written is refused instead of loaded with silently changed weights.
+- Written by ``fit(checkpoint=...)`` only: ``training``, JSON with the epoch reached, the shuffling
+  generator's state, the history so far and the optimizer's kind, hyperparameters and step
+  count; ``optimizer/{name}``: the optimizer's state arrays (momentum, moments).
+- ``digest``: SHA-256 over all of the above, so a file altered after it was written is refused
+  instead of loaded with silently changed weights.
 
 ``save`` writes to a temporary file beside the target and renames it into place, so a crash or
 an error mid-write never leaves a half-written file where a good one was.
@@ -29,28 +32,39 @@ FORMAT = "fastnn-checkpoint"
 VERSION = 1
 
 
-def _digest(architecture: str, params: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256(architecture.encode())
-    for key in sorted(params):
-        value = np.ascontiguousarray(params[key])
+def _digest(texts: list[str], arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
         h.update(f"{key}|{value.dtype.str}|{value.shape}".encode())
         h.update(value.tobytes())
     return h.hexdigest()
 
 
-def save(network: Any, path: str | os.PathLike) -> None:
+def architecture_of(network: Any) -> str:
+    return json.dumps([{"kind": layer.kind, "config": layer.config()} for layer in network.layers])
+
+
+def save(network: Any, path: str | os.PathLike, training: dict[str, Any] | None = None,
+         optimizer_buffers: dict[str, np.ndarray] | None = None) -> None:
     path = os.fspath(path)
-    architecture = json.dumps([{"kind": layer.kind, "config": layer.config()} for layer in network.layers])
-    params = {f"params/{i}/{name}": network.backend.to_numpy(value)
+    architecture = architecture_of(network)
+    arrays = {f"params/{i}/{name}": network.backend.to_numpy(value)
               for i, layer in enumerate(network.layers) for name, value in layer.params.items()}
-    arrays = {"fastnn_format": np.array(FORMAT), "format_version": np.array(VERSION),
-              "architecture": np.array(architecture), "digest": np.array(_digest(architecture, params)),
-              **params}
+    arrays.update({f"optimizer/{name}": value for name, value in (optimizer_buffers or {}).items()})
+    texts = [architecture] + ([json.dumps(training)] if training is not None else [])
+    header = {"fastnn_format": np.array(FORMAT), "format_version": np.array(VERSION),
+              "architecture": np.array(architecture), "digest": np.array(_digest(texts, arrays))}
+    if training is not None:
+        header["training"] = np.array(texts[1])
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **header, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -76,8 +90,8 @@ def _read(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path!r} is not a readable fastnn checkpoint ({exc})") from None
 
 
-def load(network_cls: type, path: str | os.PathLike, backend: Any = None) -> Any:
-    path = os.fspath(path)
+def _verified(path: str) -> tuple[dict[str, np.ndarray], list[Any], dict[str, Any] | None]:
+    """The file's arrays, its architecture and its training state, after every check."""
     data = _read(path)
 
     def fail(why: str) -> ValueError:
@@ -89,37 +103,75 @@ def load(network_cls: type, path: str | os.PathLike, backend: Any = None) -> Any
     if version is None or version.shape != () or int(version) != VERSION:
         raise fail(f"format version {version} is not supported (this fastnn reads {VERSION})")
     try:
-        architecture = str(data["architecture"])
-        layers_spec = json.loads(architecture)
+        texts = [str(data["architecture"])] + ([str(data["training"])] if "training" in data else [])
+        layers_spec = json.loads(texts[0])
+        training = json.loads(texts[1]) if len(texts) > 1 else None
         digest = str(data["digest"])
     except (KeyError, ValueError) as exc:
-        raise fail(f"unreadable architecture ({exc})") from None
-    params = {key: value for key, value in data.items() if key.startswith("params/")}
-    if _digest(architecture, params) != digest:
+        raise fail(f"unreadable architecture or training state ({exc})") from None
+    arrays = {key: value for key, value in data.items() if key.startswith(("params/", "optimizer/"))}
+    if _digest(texts, arrays) != digest:
         raise fail("its contents do not match their recorded digest (the file was altered or damaged)")
     if not isinstance(layers_spec, list):
         raise fail("the architecture is not a list of layers")
+    return arrays, layers_spec, training
+
+
+def load(network_cls: type, path: str | os.PathLike, backend: Any = None) -> Any:
+    path = os.fspath(path)
+    arrays, layers_spec, _ = _verified(path)
+
+    def fail(why: str) -> ValueError:
+        return ValueError(f"{path!r} is not a valid fastnn checkpoint: {why}")
+
     network = network_cls()
-    expected_keys = set()
     for index, spec in enumerate(layers_spec):
         try:
             layer = layer_from_config(spec["kind"], spec["config"], backend)
         except (KeyError, TypeError, ValueError) as exc:
             raise fail(f"layer {index} cannot be rebuilt ({exc})") from None
+        try:
+            network.add(layer)
+        except (TypeError, ValueError) as exc:
+            raise fail(str(exc)) from None
+    _load_parameters(network, arrays, fail)
+    return network
+
+
+def _load_parameters(network: Any, arrays: dict[str, np.ndarray], fail) -> None:
+    expected = set()
+    for index, layer in enumerate(network.layers):
         for name, current in layer.params.items():
             key = f"params/{index}/{name}"
-            expected_keys.add(key)
-            stored = params.get(key)
+            expected.add(key)
+            stored = arrays.get(key)
             if stored is None:
                 raise fail(f"parameter {key} is missing")
             if stored.shape != current.shape or stored.dtype != current.dtype:
                 raise fail(f"parameter {key} has shape {stored.shape} and dtype {stored.dtype}, "
                            f"expected {current.shape} and {current.dtype}")
             current[...] = layer.backend.asarray(stored)
-        try:
-            network.add(layer)
-        except (TypeError, ValueError) as exc:
-            raise fail(str(exc)) from None
-    if set(params) != expected_keys:
-        raise fail(f"unexpected arrays {sorted(set(params) - expected_keys)}")
-    return network
+    unexpected = {key for key in arrays if key.startswith("params/")} - expected
+    if unexpected:
+        raise fail(f"unexpected arrays {sorted(unexpected)}")
+
+
+def load_training(path: str | os.PathLike, network: Any, optimizer: Any) -> dict[str, Any]:
+    """Restore ``network``'s parameters and ``optimizer``'s state from a checkpoint written by
+    ``fit(checkpoint=...)``; return its training state (epoch, generator state, history)."""
+    path = os.fspath(path)
+    arrays, layers_spec, training = _verified(path)
+
+    def fail(why: str) -> ValueError:
+        return ValueError(f"cannot resume from {path!r}: {why}")
+
+    if training is None:
+        raise fail("it holds a network but no training state (it was written by Network.save, "
+                   "not by fit(checkpoint=...))")
+    if json.loads(architecture_of(network)) != layers_spec:
+        raise fail("it was written for a different network architecture")
+    network.flat_parameters()
+    _load_parameters(network, arrays, fail)
+    buffers = {key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith("optimizer/")}
+    optimizer.load_state_dict(training["optimizer"], buffers, network)
+    return training

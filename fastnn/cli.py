@@ -61,6 +61,7 @@ TASKS: dict[str, Task] = {
 def train(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     epochs = args.epochs if args.epochs is not None else task.epochs
+    batch_size = args.batch_size or task.batch_size
     with use_backend(args.backend) as backend:
         X_train, X_test, y_train, y_test = task.load(args.seed)
         net = task.build(args.activation or task.activation, args.hidden or task.hidden, args.seed)
@@ -72,31 +73,55 @@ def train(args: argparse.Namespace) -> int:
             optimizer = OPTIMIZERS[args.optimizer](lr=lr)
         print(f"training {args.task} on backend {backend.name!r}: {net!r}")
         print(f"{len(X_train)} training samples, loss {task.loss}, {optimizer!r}, "
-              f"batch {args.batch_size or task.batch_size}, {epochs} epochs")
-        started = time.perf_counter()
-        history = net.fit(X_train, y_train, task.loss, optimizer, epochs=epochs,
-                          batch_size=args.batch_size or task.batch_size, seed=args.seed,
-                          validation_data=None if args.task == "xor" else (X_test, y_test),
-                          progress=False)
-        elapsed = time.perf_counter() - started
-        width, every = len(str(epochs)), max(1, epochs // 20)  # about 20 lines at most
-        for index, record in enumerate(history.epochs, start=1):
-            if index % every and index != epochs:
-                continue
+              f"batch {batch_size}, {epochs} epochs")
+        width = len(str(epochs))
+
+        def report(epoch: int, record: dict) -> None:
             extras = "".join(f"  {key} {record[key]:.4f}" for key in ("accuracy", "val_loss", "val_accuracy")
                              if key in record)
-            print(f"epoch {index:>{width}}/{epochs}  loss {record['loss']:.4f}{extras}  "
-                  f"{record['samples_per_s']:,.0f} samples/s")
+            print(f"epoch {epoch:>{width}}/{epochs}  loss {record['loss']:.4f}{extras}  "
+                  f"{record['samples_per_s']:,.0f} samples/s", flush=True)
+
+        from .training import warm_up
+
+        warm = warm_up(net, X_train, y_train, task.loss, optimizer, batch_size)
+        if warm > 0.05:
+            print(f"warm-up (JIT compilation or cache load): {warm:.2f} s, not counted below")
+        started = time.perf_counter()
+        history = net.fit(X_train, y_train, task.loss, optimizer, epochs=epochs, batch_size=batch_size,
+                          seed=args.seed, validation_data=None if args.task == "xor" else (X_test, y_test),
+                          progress=True, on_epoch=report, checkpoint=args.checkpoint, resume=args.resume)
+        elapsed = time.perf_counter() - started
+        if history.interrupted:
+            print(f"interrupted after {len(history)} epoch(s); the network keeps what it learned so far")
         result = net.evaluate(X_test, y_test)
         total = sum(record["seconds"] for record in history.epochs)
-        rate = len(X_train) * epochs / total if total > 0 else float("nan")
+        trained = sum(record["seconds"] * record["samples_per_s"] for record in history.epochs)
+        rate = trained / total if total > 0 else float("nan")
         print(f"final: {'test ' if args.task != 'xor' else ''}loss {result['loss']:.4f}, "
               f"accuracy {result.get('accuracy', float('nan')):.4f}; "
-              f"{rate:,.0f} samples/s over {epochs} epochs ({elapsed:.2f} s in all)")
+              f"{rate:,.0f} samples/s over {len(history)} epochs ({elapsed:.2f} s in all)")
         if args.save:
             net.save(args.save)
             print(f"saved to {args.save}")
+        if args.plot:
+            for path in _plots(args, net, history, X_test, y_test):
+                print(f"wrote {path}")
     return 0
+
+
+def _plots(args: argparse.Namespace, net: Network, history: Any, X_test: Any, y_test: Any) -> list[str]:
+    """``PATH-history.png`` and, for xor, ``PATH-boundary.png``, for digits ``PATH-confusion.png``."""
+    from . import plots
+
+    stem = args.plot[:-4] if args.plot.endswith(".png") else args.plot
+    written = [history.plot(f"{stem}-history.png", title=f"{args.task} training")]
+    if args.task == "xor":
+        written.append(plots.decision_boundary(net, X_test, y_test, f"{stem}-boundary.png", title="XOR"))
+    else:
+        written.append(plots.confusion_matrix(net, X_test, y_test, f"{stem}-confusion.png",
+                                              title="digits, test set"))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer.add_argument("--hidden", type=int, help="width of the first hidden layer")
     trainer.add_argument("--activation", help="hidden activation (default: the task's)")
     trainer.add_argument("--seed", type=int, default=0)
-    trainer.add_argument("--save", metavar="PATH", help="write a checkpoint after training")
+    trainer.add_argument("--save", metavar="PATH", help="write the trained network to PATH (.npz)")
+    trainer.add_argument("--checkpoint", metavar="PATH", help="write a resumable checkpoint every epoch")
+    trainer.add_argument("--resume", metavar="PATH", help="continue the run saved by --checkpoint")
+    trainer.add_argument("--plot", metavar="PATH", help="write PATH-history.png and PATH-boundary.png (xor) "
+                                                        "or PATH-confusion.png (digits); needs matplotlib")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def _check_hyper(name: str, value: float, low: float = 0.0, high: float | None = None,
                  low_inclusive: bool = True) -> float:
@@ -26,6 +28,7 @@ class Optimizer:
     def __init__(self) -> None:
         self._state: dict[str, Any] | None = None
         self._owner: Any = None
+        self._backend: Any = None
         self.steps = 0
 
     def step(self, network: Any) -> None:
@@ -33,7 +36,7 @@ class Optimizer:
         if self._owner is not param:
             backend = network.backend
             self._state = {name: backend.zeros(param.shape, param.dtype) for name in self._buffers}
-            self._owner = param
+            self._owner, self._backend = param, backend
             self.steps = 0
         self.steps += 1
         self._update(network.backend, param, grad, self._state)
@@ -42,6 +45,36 @@ class Optimizer:
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-serialisable."""
+        raise NotImplementedError
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(config, buffers)``: kind, hyperparameters and step count, and the state arrays
+        (momentum, moments) on the host. Scratch buffers are not state."""
+        config = {"kind": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": self.steps}
+        buffers = {}
+        if self._state is not None and self._owner is not None:
+            buffers = {name: np.asarray(self._backend.to_numpy(value)) for name, value in self._state.items()
+                       if not name.startswith("scratch")}
+        return config, buffers
+
+    def load_state_dict(self, config: dict[str, Any], buffers: dict[str, Any], network: Any) -> None:
+        """Continue from ``state_dict()``'s output, bound to ``network``'s parameters."""
+        if config.get("kind") != type(self).__name__ or config.get("hyperparameters") != self.hyperparameters():
+            raise ValueError(f"the saved optimizer is {config.get('kind')}({config.get('hyperparameters')}), "
+                             f"not {self!r}: resume with the optimizer the run was started with")
+        param, _ = network.flat_parameters()
+        backend = network.backend
+        state = {name: backend.zeros(param.shape, param.dtype) for name in self._buffers}
+        for name, value in buffers.items():
+            if name not in state or value.shape != param.shape:
+                raise ValueError(f"optimizer state {name!r} of shape {getattr(value, 'shape', None)} does not "
+                                 f"fit this network's {param.shape[0]} parameters")
+            state[name][...] = backend.asarray(value, param.dtype)
+        self._state, self._owner, self._backend = state, param, backend
+        self.steps = int(config["steps"])
 
 
 class SGD(Optimizer):
@@ -62,6 +95,10 @@ class SGD(Optimizer):
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay})")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.sgd(param, grad, state["velocity"], state["scratch"], lr=self.lr,
@@ -86,6 +123,9 @@ class Adam(Optimizer):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
                 f"weight_decay={self.weight_decay})")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.adam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["scratch"],

@@ -3,19 +3,25 @@
 Everything that can be checked is checked once, before the first step: shapes, dtypes, the
 feature count, non-finite inputs, labels out of range. The loop itself gathers each batch into
 reused buffers, runs forward, the fused loss+grad, backward and one fused optimizer update, and
-keeps per-batch losses on the backend so it never waits on a device until the epoch ends.
+keeps per-batch losses on the backend. A guard checks every step for NaN and inf and can undo
+it; checkpoints make a run resumable bit for bit; Ctrl-C stops cleanly after a batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import checkpoint as _checkpoint
 from . import losses as _losses
 from .optimizers import SGD
 from .workspace import Workspace
@@ -28,6 +34,7 @@ class History:
     ``history["loss"]`` is the list of one metric over the epochs."""
 
     epochs: list[dict[str, float]] = field(default_factory=list)
+    interrupted: bool = False
 
     def __getitem__(self, metric: str) -> list[float]:
         if not self.epochs or metric not in self.epochs[0]:
@@ -41,6 +48,12 @@ class History:
 
     def __len__(self) -> int:
         return len(self.epochs)
+
+    def plot(self, path: str, title: str = "training") -> str:
+        """Write loss and metrics per epoch (train and validation) as a PNG; needs matplotlib."""
+        from .plots import history as plot_history
+
+        return plot_history(self, path, title)
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -71,34 +84,112 @@ def prepare(network: Any, X: Any, y: Any, loss: _losses.Loss, what: str = "X") -
     return X, target
 
 
-def _use_progress_bar(progress: bool) -> bool:
+def _progress_bar_factory(progress: bool):
+    """tqdm, when asked for, installed and writing to a terminal; otherwise None (quiet logs)."""
     if not progress or not sys.stderr.isatty():
-        return False
+        return None
     try:
-        import tqdm  # noqa: F401
+        from tqdm import tqdm
     except ImportError:
-        return False
-    return True
+        return None
+    return tqdm
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN or inf; the network was left at its last good parameters."""
+
+
+class _Guard:
+    """Keeps the last parameters known to be finite, so a step that produces NaN or inf can be
+    undone. Per step: one sum over the flat parameters (any NaN or inf in a gradient reaches
+    the parameters through the update, and makes the sum NaN or inf) and, when they are finite,
+    one copy. The sum is a BLAS dot with ones: 1.4 us for the digits net's 17k parameters,
+    where ``sum(dtype=float64)`` took 6 us (5 % of a training step)."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+        self.params, _ = network.flat_parameters()
+        backend = network.backend
+        self.snapshot = backend.empty(self.params.shape, self.params.dtype)
+        self.snapshot[...] = self.params
+        self.ones = backend.empty(self.params.shape, self.params.dtype)
+        self.ones[...] = 1
+        self.xp = backend.xp
+
+    def commit(self) -> bool:
+        """True (and remember these parameters) if every parameter is finite."""
+        if not math.isfinite(self.xp.dot(self.params, self.ones)):
+            return False
+        self.snapshot[...] = self.params
+        return True
+
+    def fail(self, epoch: int, batch: int, what: str) -> NonFiniteError:
+        self.params[...] = self.snapshot
+        return NonFiniteError(f"epoch {epoch}, batch {batch}: {what}; the network keeps its parameters from "
+                              "before this batch (lower the learning rate, or check the data)")
+
+    def culprit(self) -> str:
+        """Which gradient went non-finite (read only on the failure path)."""
+        for index, layer in enumerate(self.network.layers):
+            for name, grad in layer.grads.items():
+                if not bool(self.xp.isfinite(grad).all()):
+                    return f"the gradient of layer {index} ({layer!r}) {name!r} became non-finite"
+        return "the parameter update overflowed (every gradient was finite)"
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt():
+    """While active, the first Ctrl-C asks training to stop after the current batch (a second
+    one interrupts at once). Only the main thread can receive signals; elsewhere it is inert."""
+    requested = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: int = 10,
         batch_size: int = 32, shuffle: bool = True, seed: int | None = None,
         validation_data: tuple[Any, Any] | None = None, progress: bool = True,
-        metrics: bool | None = None) -> History:
-    """Train ``network`` on ``X (N, ..., in)`` and targets ``y`` for ``epochs`` passes.
+        metrics: bool | None = None, checkpoint: str | None = None, checkpoint_every: int = 1,
+        resume: str | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None
+        ) -> History:
+    """Train ``network`` on ``X (N, ..., in)`` and targets ``y`` up to epoch ``epochs``.
 
     - ``loss``: a ``fastnn.losses.Loss`` or its name (``"mse"``, ``"bce"``, ``"bce_with_logits"``,
       ``"cross_entropy"``). ``optimizer`` defaults to ``SGD(lr=0.01)``.
     - ``shuffle`` draws a new order each epoch from ``numpy.random.default_rng(seed)``.
     - ``validation_data=(X_val, y_val)`` adds ``val_loss`` (and ``val_accuracy``) each epoch.
     - ``metrics``: track accuracy; ``None`` means "if the loss is a classifier's".
-    - ``progress``: a tqdm bar per epoch when stderr is a terminal (and tqdm is installed).
+    - ``progress``: a tqdm bar per epoch (loss, samples/s) when stderr is a terminal.
+    - ``checkpoint=PATH``: every ``checkpoint_every`` epochs (and after the last), atomically write
+      the network, the optimizer state, the shuffling state and the history so far.
+    - ``resume=PATH``: continue such a run from its last checkpoint; with the same data, seed and
+      optimizer the result is bit-for-bit that of an uninterrupted run. ``epochs`` is the total.
+    - ``on_epoch(epoch, record)`` is called after each epoch.
+
+    A NaN or inf in the loss, a gradient or the parameters raises ``NonFiniteError`` naming the
+    epoch, the batch and the layer, with the network restored to its parameters before that
+    batch. Ctrl-C stops after the current batch and returns the history so far
+    (``history.interrupted`` is then True).
     """
     loss = _losses.get(loss)
     optimizer = SGD(lr=0.01) if optimizer is None else optimizer
     batch_size = check_batch_size(batch_size)
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
     X, target = prepare(network, X, y, loss)
     validation = None
     if validation_data is not None:
@@ -113,11 +204,19 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     n_batches = -(-n // batch_size)
     track_accuracy = metrics if metrics is not None else _is_classifier(loss, network, X, target)
     rng = np.random.default_rng(seed)
+    history = History()
+    first_epoch = 1
+    if resume is not None:
+        state = _checkpoint.load_training(resume, network, optimizer)
+        rng.bit_generator.state = state["rng"]
+        history.epochs = [dict(record) for record in state["history"]]
+        first_epoch = int(state["epoch"]) + 1
     buffers = Workspace()
     batch_losses = backend.empty(n_batches, np.float64)
     batch_correct = backend.empty(n_batches, np.float64)
     sizes = backend.asarray(np.diff(np.minimum(np.arange(n_batches + 1) * batch_size, n)), np.float64)
-    history = History()
+    guard = _Guard(network)
+    bar_factory = _progress_bar_factory(progress)
 
     def new_batch_buffers(size: int) -> tuple[Any, Any, Any]:
         """Gathered inputs, gathered targets and the loss gradient for one batch size."""
@@ -125,47 +224,89 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
                 backend.empty((size, *target.shape[1:]), target.dtype),
                 backend.empty(network.output_shape((size, *X.shape[1:])), network.dtype))
 
-    bar_factory = None
-    if _use_progress_bar(progress):
-        from tqdm import tqdm as bar_factory
-
-    for epoch in range(1, int(epochs) + 1):
-        started = time.perf_counter()
-        order = backend.asarray(rng.permutation(n)) if shuffle else None
-        bar = bar_factory(total=n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
-            if bar_factory else None
-        for batch, start in enumerate(range(0, n, batch_size)):
-            stop = min(start + batch_size, n)
-            x_buf, y_buf, grad = buffers.slot(stop - start, new_batch_buffers)
-            if order is None:
-                xb, yb = X[start:stop], target[start:stop]
-            else:
-                xb = backend.take_rows(X, order[start:stop], x_buf)
-                yb = backend.take_rows(target, order[start:stop], y_buf)
-            out = network._forward(xb)
-            value, grad = loss.compute(backend, out, yb, grad)
-            network._backward(grad, need_input_grad=False)
-            optimizer.step(network)
-            batch_losses[batch] = value
+    with _stop_on_interrupt() as interrupt:
+        for epoch in range(first_epoch, int(epochs) + 1):
+            started = time.perf_counter()
+            order = backend.asarray(rng.permutation(n)) if shuffle else None
+            bar = bar_factory(total=n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
+                if bar_factory else None
+            seen = 0
+            for batch, start in enumerate(range(0, n, batch_size)):
+                stop = min(start + batch_size, n)
+                x_buf, y_buf, grad = buffers.slot(stop - start, new_batch_buffers)
+                if order is None:
+                    xb, yb = X[start:stop], target[start:stop]
+                else:
+                    xb = backend.take_rows(X, order[start:stop], x_buf)
+                    yb = backend.take_rows(target, order[start:stop], y_buf)
+                out = network._forward(xb)
+                value, grad = loss.compute(backend, out, yb, grad)
+                if not math.isfinite(float(value)):
+                    raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
+                network._backward(grad, need_input_grad=False)
+                optimizer.step(network)
+                if not guard.commit():
+                    raise guard.fail(epoch, batch + 1, guard.culprit())
+                batch_losses[batch] = value
+                if track_accuracy:
+                    batch_correct[batch] = loss.correct(xp, out, yb)
+                seen += stop - start
+                if bar is not None:
+                    bar.update(stop - start)
+                    if batch % 16 == 0:
+                        bar.set_postfix(loss=f"{float(value):.4f}",
+                                        rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
+                if interrupt["stop"]:
+                    break
+            seconds = time.perf_counter() - started
+            done = batch + 1
+            record = {"loss": float(xp.dot(batch_losses[:done], sizes[:done])) / seen}
             if track_accuracy:
-                batch_correct[batch] = loss.correct(xp, out, yb)
+                record["accuracy"] = float(batch_correct[:done].sum()) / seen
+            if validation is not None:
+                record.update({f"val_{k}": v for k, v in evaluate(network, *validation, loss, prepared=True).items()})
+            record["seconds"] = seconds
+            record["samples_per_s"] = seen / seconds if seconds > 0 else math.inf
             if bar is not None:
-                bar.update(stop - start)
-        seconds = time.perf_counter() - started
-        record = {"loss": float(xp.dot(batch_losses, sizes)) / n}
-        if track_accuracy:
-            record["accuracy"] = float(batch_correct.sum()) / n
-        if validation is not None:
-            record.update({f"val_{k}": v for k, v in evaluate(network, *validation, loss, prepared=True).items()})
-        record["seconds"] = seconds
-        record["samples_per_s"] = n / seconds if seconds > 0 else math.inf
-        history.epochs.append(record)
-        if bar is not None:
-            bar.close()
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"the training loss became {record['loss']} in epoch {epoch}; "
-                                     "lower the learning rate or check the data")
+                bar.close()
+            if interrupt["stop"] and seen < n:
+                history.interrupted = True  # the partial epoch is not recorded: resume redoes it
+                break
+            history.epochs.append(record)
+            if on_epoch is not None:
+                on_epoch(epoch, record)
+            if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+                _save_training(network, optimizer, checkpoint, epoch, rng, history)
+            if interrupt["stop"]:
+                history.interrupted = True
+                break
     return history
+
+
+def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size: int) -> float:
+    """Run one full training step on the first batch and undo it, so that a JIT backend compiles
+    (or loads from its cache) every kernel before anything is timed; returns the seconds taken.
+    The network's parameters are restored exactly and the optimizer starts afresh."""
+    loss = _losses.get(loss)
+    X, target = prepare(network, X, y, loss)
+    params, _ = network.flat_parameters()
+    saved = params.copy()
+    started = time.perf_counter()
+    out = network._forward(X[:batch_size])
+    _, grad = loss.compute(network.backend, out, target[:batch_size])
+    network._backward(grad, need_input_grad=False)
+    optimizer.step(network)
+    network.predict(X[:batch_size])
+    params[...] = saved
+    optimizer._owner = None  # the next step starts a fresh state
+    return time.perf_counter() - started
+
+
+def _save_training(network: Any, optimizer: Any, path: str, epoch: int, rng: np.random.Generator,
+                   history: History) -> None:
+    config, buffers = optimizer.state_dict()
+    training = {"epoch": epoch, "rng": rng.bit_generator.state, "history": history.epochs, "optimizer": config}
+    _checkpoint.save(network, path, training=training, optimizer_buffers=buffers)
 
 
 def _is_classifier(loss: _losses.Loss, network: Any, X: Any, target: Any) -> bool:

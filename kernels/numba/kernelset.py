@@ -144,7 +144,8 @@ def linear_backward(x, weight, dz, dx, dweight, dbias):
 
 
 def _mean(total: float, n: int, dtype) -> np.ndarray:
-    return np.asarray(total / n if n else np.nan, dtype=dtype)
+    with np.errstate(over="ignore"):  # a float32 loss may overflow to inf: the guard reports it
+        return np.asarray(total / n if n else np.nan, dtype=dtype)
 
 
 def softmax_cross_entropy(logits, target, grad):

@@ -20,7 +20,8 @@ _BCE_GRAD_EPS = 1e-12
 
 
 def _mean(total, n: int, dtype) -> np.ndarray:
-    return np.asarray(total / n if n else np.nan, dtype=dtype)
+    with np.errstate(over="ignore"):  # a float32 loss may overflow to inf: the guard reports it
+        return np.asarray(total / n if n else np.nan, dtype=dtype)
 
 
 def mse(pred, target, grad):

@@ -1,0 +1,217 @@
+"""Plots, the runnable seed examples, progress, the NaN guard, checkpoint/resume and Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.training import NonFiniteError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _png(path, size):
+    image = pytest.importorskip("matplotlib.image").imread(str(path))
+    assert image.shape[:2] == size[::-1], f"{path}: {image.shape}"
+    assert float(image[..., :3].std()) > 0.05, f"{path} is blank"
+
+
+def _trained_xor():
+    X, y = fastnn.datasets.xor()
+    net = fastnn.Network([fastnn.Linear(2, 8, "tanh", seed=0), fastnn.Linear(8, 1, seed=1)])
+    history = net.fit(X, y, "bce_with_logits", fastnn.Adam(0.05), epochs=150, batch_size=4, progress=False,
+                      validation_data=(X, y))
+    return net, history, X, y
+
+
+def test_history_decision_boundary_and_confusion_plots(tmp_path):
+    net, history, X, y = _trained_xor()
+    _png(history.plot(tmp_path / "history.png"), (1000, 360))  # loss and accuracy panels, 100 dpi
+    _png(fastnn.plots.decision_boundary(net, X, y, tmp_path / "xor.png"), (500, 450))
+    X_train, X_test, y_train, y_test = fastnn.datasets.digits()
+    digits = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
+    digits.fit(X_train, y_train, "cross_entropy", fastnn.Adam(0.01), epochs=3, progress=False)
+    _png(fastnn.plots.confusion_matrix(digits, X_test, y_test, tmp_path / "cm.png"), (550, 500))
+    counts = fastnn.plots.confusion_counts([0, 1, 1, 2], [0, 1, 2, 2], 3)
+    np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    with pytest.raises(ValueError, match=r"needs 2-D inputs \(N, 2\)"):
+        fastnn.plots.decision_boundary(digits, X_test, y_test, tmp_path / "bad.png")
+
+
+def test_cli_writes_its_plots(tmp_path, capsys):
+    from fastnn.cli import main
+
+    assert main(["train", "xor", "--epochs", "50", "--plot", str(tmp_path / "run")]) == 0
+    _png(tmp_path / "run-history.png", (1000, 360))  # loss and accuracy panels
+    _png(tmp_path / "run-boundary.png", (500, 450))
+
+
+def test_plotting_without_matplotlib_names_the_extra():
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "import fastnn\n"
+            "h = fastnn.History([{'loss': 1.0}])\n"
+            "try:\n    h.plot('x.png')\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "pip install 'fastnn[plot]'" in out
+
+
+@pytest.mark.parametrize("script,expected", [
+    ("seed000_xor_step.py", ["[0.35663]", "1.03104", "[-0.64337]", "[-0.49357, 0.81287]", "[0.26783, -0.34853]",
+                             "[[0.4, -0.23217], [0.1, 0.65147]]"]),
+    ("seed001_linear_3_4.py", ["[14. 32. 50. 68.]", "[11. 13. 15.]", "[1.75 4.   6.25 8.5 ]", "fastnn 13"]),
+    ("seed002_xor_training.py", ["4 of 4 points classified correctly"]),
+])
+def test_examples_reproduce_the_notes(tmp_path, script, expected):
+    result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for text in expected:
+        assert text in result.stdout, f"{text!r} not in:\n{result.stdout}"
+
+
+@pytest.mark.slow
+def test_seed003_example_quick_run(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "seed003_digits.py"), "--quick"], capture_output=True,
+                            text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    accuracies = [float(line.split("test accuracy ")[1].split()[0]) for line in result.stdout.splitlines()
+                  if "test accuracy" in line]
+    assert len(accuracies) == 2 and min(accuracies) >= 0.9, result.stdout
+    _png(tmp_path / "digits-confusion.png", (550, 500))
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(monkeypatch):
+    pytest.importorskip("tqdm")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    X, y = fastnn.datasets.xor()
+    net = fastnn.Network([fastnn.Linear(2, 4, "tanh", seed=0), fastnn.Linear(4, 1, seed=1)])
+    net.fit(X, y, "bce_with_logits", epochs=2, batch_size=1, progress=True)
+    assert "epoch 2/2" in terminal.getvalue() and "loss=" in terminal.getvalue()
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    net.fit(X, y, "bce_with_logits", epochs=2, batch_size=1, progress=False)
+    assert quiet.getvalue() == ""
+
+
+# --- the NaN guard ------------------------------------------------------------------------------
+
+
+def test_exploding_learning_rate_stops_with_the_last_good_parameters(backend):
+    X, _, y, _ = fastnn.datasets.digits()
+    net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
+    optimizer = fastnn.SGD(lr=50.0)  # MSE on one-hot targets diverges to inf within an epoch
+    after_each_step = []
+    original_step = optimizer.step
+
+    def recording_step(network):
+        original_step(network)
+        params, _ = network.flat_parameters()
+        after_each_step.append(np.array(backend.to_numpy(params)))
+
+    optimizer.step = recording_step
+    with pytest.raises(NonFiniteError, match=r"epoch \d+, batch \d+: .*(loss|layer \d).*before this batch"):
+        net.fit(X, fastnn.datasets.one_hot(y, 10), "mse", optimizer, epochs=50, batch_size=64, progress=False)
+    last_good = next(p for p in reversed(after_each_step) if np.isfinite(p).all())
+    final = backend.to_numpy(net.flat_parameters()[0])
+    assert np.isfinite(final).all()
+    np.testing.assert_array_equal(final, last_good)
+
+
+def test_the_guard_names_the_layer_whose_gradient_went_bad():
+    class Faulty(fastnn.Linear):
+        calls = 0
+
+        def backward(self, dy, need_input_grad=True):
+            dx = super().backward(dy, need_input_grad)
+            Faulty.calls += 1
+            if Faulty.calls == 3:
+                self.grads["weight"][0, 0] = np.inf
+            return dx
+
+    X, y = fastnn.datasets.xor()
+    net = fastnn.Network([fastnn.Linear(2, 4, "tanh", seed=0), Faulty(4, 1, seed=1)])
+    before = np.array(net.flat_parameters()[0])
+    with pytest.raises(NonFiniteError, match=r"epoch 3, batch 1: the gradient of layer 1 \(Linear\(4, 1\)\) "
+                                             r"'weight' became non-finite"):
+        net.fit(X, y, "bce_with_logits", fastnn.SGD(0.1), epochs=5, batch_size=4, shuffle=False, progress=False)
+    assert np.isfinite(net.flat_parameters()[0]).all()
+    assert not np.array_equal(net.flat_parameters()[0], before)  # two good steps were kept
+
+
+# --- checkpoints and resume ----------------------------------------------------------------------
+
+
+def _digits_run(optimizer_factory, epochs, **fit_args):
+    X, _, y, _ = fastnn.datasets.digits()
+    net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
+    history = net.fit(X, y, "cross_entropy", optimizer_factory(), epochs=epochs, batch_size=50, seed=11,
+                      progress=False, **fit_args)
+    return net, history
+
+
+@pytest.mark.parametrize("optimizer_factory", [lambda: fastnn.SGD(0.05, momentum=0.9, nesterov=True),
+                                               lambda: fastnn.AdamW(0.003)], ids=["sgd-nesterov", "adamw"])
+def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(backend, tmp_path, optimizer_factory):
+    straight, straight_history = _digits_run(optimizer_factory, 6)
+    path = tmp_path / "run.npz"
+    _digits_run(optimizer_factory, 3, checkpoint=str(path))
+    resumed, resumed_history = _digits_run(optimizer_factory, 6, resume=str(path))
+    np.testing.assert_array_equal(backend.to_numpy(resumed.flat_parameters()[0]),
+                                  backend.to_numpy(straight.flat_parameters()[0]))
+    assert resumed_history["loss"] == straight_history["loss"]
+    assert len(resumed_history) == 6
+
+
+def test_checkpoint_every_and_resume_errors(tmp_path):
+    path = tmp_path / "run.npz"
+    _, history = _digits_run(lambda: fastnn.SGD(0.05), 5, checkpoint=str(path), checkpoint_every=2)
+    with np.load(path) as data:
+        assert "training" in data.files  # written at epoch 2, 4 and the last (5)
+    assert fastnn.Network.load(path).parameter_count() == 64 * 32 + 32 + 32 * 10 + 10
+    with pytest.raises(ValueError, match="resume with the optimizer the run was started with"):
+        _digits_run(lambda: fastnn.SGD(0.1), 6, resume=str(path))
+    other = fastnn.Network([fastnn.Linear(64, 16, seed=0), fastnn.Linear(16, 10, seed=1)])
+    X, _, y, _ = fastnn.datasets.digits()
+    with pytest.raises(ValueError, match="different network architecture"):
+        other.fit(X, y, "cross_entropy", fastnn.SGD(0.05), epochs=6, resume=str(path), progress=False)
+    plain = tmp_path / "plain.npz"
+    other.save(plain)
+    with pytest.raises(ValueError, match="no training state"):
+        other.fit(X, y, "cross_entropy", fastnn.SGD(0.05), epochs=6, resume=str(plain), progress=False)
+
+
+def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch):
+    X, _, y, _ = fastnn.datasets.digits()
+    net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
+    loss = fastnn.losses.CrossEntropy()
+    calls = {"n": 0}
+    compute = loss.compute
+
+    def compute_and_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:  # in the second epoch (23 batches of 64 per epoch)
+            signal.raise_signal(signal.SIGINT)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(loss, "compute", compute_and_interrupt)
+    history = net.fit(X, y, loss, fastnn.SGD(0.05), epochs=10, batch_size=64, progress=False)
+    assert history.interrupted
+    assert len(history) == 1 and calls["n"] == 30  # stopped right after that batch
+    assert np.isfinite(net.flat_parameters()[0]).all()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
