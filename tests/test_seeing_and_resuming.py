@@ -77,13 +77,15 @@ def test_examples_reproduce_the_notes(tmp_path, script, expected):
 
 
 @pytest.mark.slow
-def test_seed003_example_quick_run(tmp_path):
-    result = subprocess.run([sys.executable, str(EXAMPLES / "seed003_digits.py"), "--quick"], capture_output=True,
-                            text=True, timeout=600, cwd=tmp_path)
+def test_seed003_example_reaches_the_notes_accuracy(tmp_path):
+    """The lecture's full recipe (40000 mini-batches of sigmoid + MSE) and the ReLU + CE variant."""
+    result = subprocess.run([sys.executable, str(EXAMPLES / "seed003_digits.py")], capture_output=True,
+                            text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    accuracies = [float(line.split("test accuracy ")[1].split()[0]) for line in result.stdout.splitlines()
-                  if "test accuracy" in line]
-    assert len(accuracies) == 2 and min(accuracies) >= 0.9, result.stdout
+    lecture, modern = [float(line.split("test accuracy ")[1].split()[0]) for line in result.stdout.splitlines()
+                       if "test accuracy" in line]
+    assert lecture >= 0.96, result.stdout  # the notes report 0.98 on their own random split
+    assert modern >= 0.97, result.stdout
     _png(tmp_path / "digits-confusion.png", (550, 500))
 
 
