@@ -1,9 +1,10 @@
 """Seed 003: the 64-128-64-10 digits network, trained two ways, with accuracy and confusion matrix.
 
 1. The lecture's recipe: sigmoid everywhere, MSE on one-hot targets, SGD lr 0.5, batches of 64,
-   40000 mini-batches. The lecture accumulates each mini-batch's per-sample gradients (a sum over
-   the 64 samples of d/dy of a per-sample MSE averaged over 10 outputs); fastnn's MSE is the mean
-   over all 640 elements, so the same step is lr 0.5 * 640 / 10 = 32.
+   40000 mini-batches, weights and biases drawn from U(-0.5, 0.5) (its ``np.random.rand - 0.5``).
+   The lecture averages each sample's gradient of an MSE over 10 outputs across the 64 samples;
+   fastnn's MSE is the mean over all 640 elements, whose gradient is exactly that average, so
+   lr 0.5 means the same step. (The lecture draws each mini-batch afresh; fastnn shuffles epochs.)
 2. The modern one: ReLU, softmax cross-entropy on logits, SGD with momentum.
 
     python examples/seed003_digits.py [--plot digits-confusion.png] [--quick]
@@ -38,10 +39,16 @@ def main(argv=None):
 
     # 40000 mini-batches of 64 = 40000 * 64 / 1437 epochs, about 1781
     epochs = 60 if args.quick else 1781
-    sigmoid_layers = [fastnn.Linear(i, o, "sigmoid", seed=k) for k, (i, o) in enumerate(zip(sizes, sizes[1:]))]
-    _, lecture = train("sigmoid + MSE, lr 0.5 per sample (the lecture)", sigmoid_layers, "mse",
+    rng = np.random.default_rng(0)
+    sigmoid_layers = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layer = fastnn.Linear(fan_in, fan_out, "sigmoid")
+        layer.weight = (rng.random((fan_in, fan_out)) - 0.5).T  # the lecture stores (in, out)
+        layer.bias = rng.random(fan_out) - 0.5
+        sigmoid_layers.append(layer)
+    _, lecture = train("sigmoid + MSE, lr 0.5 (the lecture)", sigmoid_layers, "mse",
                        fastnn.datasets.one_hot(y_train, 10), fastnn.datasets.one_hot(y_test, 10),
-                       fastnn.SGD(lr=0.5 * 64), epochs, X_train, X_test)
+                       fastnn.SGD(lr=0.5), epochs, X_train, X_test)
     print("  the notes report 0.98")
     relu_layers = [fastnn.Linear(64, 128, "relu", seed=0), fastnn.Linear(128, 64, "relu", seed=1),
                    fastnn.Linear(64, 10, seed=2)]

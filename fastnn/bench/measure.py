@@ -1,0 +1,55 @@
+"""Timing: warm up, repeat, report the median with min and max so noise is visible."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Measurement:
+    """One contender on one workload. ``value`` is in ``unit`` (higher is better), computed from
+    the median time; ``low``/``high`` from the slowest and fastest repeats."""
+
+    section: str
+    workload: str
+    contender: str
+    unit: str
+    value: float
+    low: float
+    high: float
+    seconds: float
+    repeats: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_call(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.02) -> tuple[float, list[float]]:
+    """Per-call seconds of ``fn``: one warm-up call (JIT compilation, caches, first touches), then
+    ``repeats`` timed rounds of as many calls as fill ``min_seconds``. Returns (warm-up seconds,
+    per-call seconds of each round)."""
+    started = time.perf_counter()
+    fn()
+    warm = time.perf_counter() - started
+    calls = max(1, int(min_seconds / max(warm, 1e-7)))
+    rounds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - started) / calls)
+    return warm, rounds
+
+
+def measurement(section: str, workload: str, contender: str, unit: str, work: float, rounds: list[float],
+                **extra: Any) -> Measurement:
+    """``work`` units per call (flops, bytes, samples) divided by each round's seconds."""
+    median = statistics.median(rounds)
+    scale = {"GFLOP/s": 1e-9, "GB/s": 1e-9, "samples/s": 1.0}[unit]
+    return Measurement(section, workload, contender, unit, work / median * scale, work / max(rounds) * scale,
+                       work / min(rounds) * scale, median, len(rounds), extra)
