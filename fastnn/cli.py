@@ -124,12 +124,38 @@ def _plots(args: argparse.Namespace, net: Network, history: Any, X_test: Any, y_
     return written
 
 
+def bench(args: argparse.Namespace) -> int:
+    from .backends import available_backends, backend_for
+    from .bench import report
+
+    names = args.backend or [name for name, why in available_backends().items() if why is None]
+    for name in names:
+        backend_for(name)  # an unusable backend fails here, with its reason
+    result = report.run(names, quick=args.quick, repeats=args.repeats,
+                        sections=args.section or ("matrix", "elementwise", "training"))
+    print(report.table(result))
+    if args.json:
+        print(f"wrote {report.write_json(result, args.json)}")
+    if args.plot:
+        print(f"wrote {report.chart(result, args.plot)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastnn", description="Dense neural networks with explicit backprop.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="backends (and why any is unavailable), versions, BLAS, devices")
     trainer = commands.add_parser("train", help="train a bundled task and report loss, accuracy, samples/s")
     trainer.add_argument("task", choices=sorted(TASKS))
+    bench_parser = commands.add_parser("bench", help="matrix core, fused kernels and training against naive loops, "
+                                              "NumPy and PyTorch; one table, JSON and a chart")
+    bench_parser.add_argument("--backend", action="append", choices=[n for n in VALID_NAMES if n != "auto"],
+                       help="a fastnn backend to measure (repeatable; default: every usable one)")
+    bench_parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in well under a minute")
+    bench_parser.add_argument("--repeats", type=int, default=5)
+    bench_parser.add_argument("--section", action="append", choices=["matrix", "elementwise", "training"])
+    bench_parser.add_argument("--json", metavar="PATH", help="write every measurement and the machine as JSON")
+    bench_parser.add_argument("--plot", metavar="PATH", help="write the chart as PNG (needs matplotlib)")
     trainer.add_argument("--backend", default="auto", choices=VALID_NAMES)
     trainer.add_argument("--epochs", type=int)
     trainer.add_argument("--batch-size", type=int)
@@ -149,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             print(info.render(info.collect()))
             return 0
+        if args.command == "bench":
+            return bench(args)
         return train(args)
     except (BackendUnavailable, ValueError, ImportError) as exc:
         print(f"fastnn: error: {exc}", file=sys.stderr)

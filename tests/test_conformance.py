@@ -167,6 +167,26 @@ def test_bias_add(backend, dtype):
         backend.bias_add(backend.asarray(x_host), backend.asarray(b_host[:3]))
 
 
+@pytest.mark.parametrize("activation", ["identity", "relu", "sigmoid", "gelu_tanh", "elu"])
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 4), (4,), (0, 3)], ids=["2d", "3d", "1d", "empty"])
+def test_bias_activation(backend, dtype, shape, activation):
+    rng = np.random.default_rng(11)
+    z_host = rng.standard_normal(shape).astype(dtype)
+    bias_host = rng.standard_normal(shape[-1]).astype(dtype)
+    z = backend.asarray(z_host.copy())
+    z_out, y = backend.bias_activation(z, backend.asarray(bias_host), activation)
+    expected_z = z_host.astype(np.float64) + bias_host
+    check_close(backend.to_numpy(z_out), expected_z, dtype, f"bias_activation z ({activation})")
+    check_close(backend.to_numpy(y), ref.forward(activation, expected_z, ACTIVATIONS[activation].alpha_default),
+                dtype, f"bias_activation y ({activation})")
+    assert (y is z_out) == (activation == "identity")
+    _, y_no_bias = backend.bias_activation(backend.asarray(z_host.copy()), None, activation)
+    check_close(backend.to_numpy(y_no_bias), ref.forward(activation, z_host, ACTIVATIONS[activation].alpha_default),
+                dtype, f"bias_activation without bias ({activation})")
+    with pytest.raises(ValueError, match="bias_activation"):
+        backend.bias_activation(z, backend.asarray(bias_host[:0].copy() if shape[-1] else np.ones(1, dtype)))
+
+
 @pytest.mark.parametrize("lead", [(5,), (2, 3), (), (0,)], ids=["batch", "two-leading-dims", "1d", "empty"])
 @pytest.mark.parametrize("activation", ["identity", "relu", "tanh", "gelu"])
 def test_linear_forward_backward(backend, dtype, lead, activation):

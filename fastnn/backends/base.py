@@ -42,6 +42,8 @@ class KernelSet:
       for every name in ``fastnn.activations.ACTIVATIONS``.
     - ``softmax(z, out)``, ``softmax_backward(dy, y, out)`` over the last axis.
     - ``matmul(a, b, out)``: NumPy matmul semantics. ``bias_add(x, bias, out)``.
+    - ``bias_activation(z, bias | None, activation, alpha, y) -> (z, y)``: the pass after a GEMM,
+      ``z += bias`` in place and ``y = g(z)`` (``y is z`` for the identity activation).
     - ``linear_forward(x, weight, bias | None, activation, alpha, z, y) -> (z, y)``; ``y is z``
       for the identity activation.
     - ``linear_backward(x, weight, dz, dx | None, dweight, dbias | None)``.
@@ -57,6 +59,7 @@ class KernelSet:
     softmax_backward: Callable[..., Any]
     matmul: Callable[..., Any]
     bias_add: Callable[..., Any]
+    bias_activation: Callable[..., Any]
     linear_forward: Callable[..., Any]
     linear_backward: Callable[..., Any]
     mse: Callable[..., Any]
@@ -176,6 +179,21 @@ class Backend:
         if bias.ndim != 1 or x.ndim == 0 or x.shape[-1] != bias.shape[0]:
             raise ValueError(f"bias_add: expected x (*, n) and bias (n,), got {x.shape} and {bias.shape}")
         return self.kernels.bias_add(x, bias, self._out(out, x.shape, dtype, "bias_add"))
+
+    def bias_activation(self, z: Any, bias: Any, activation: str = "identity", alpha: float | None = None,
+                        out: Any = None) -> tuple[Any, Any]:
+        """What follows the GEMM of a linear layer, in one pass where the backend can fuse it:
+        ``z (*, n) += bias (n,)`` in place (``bias`` may be ``None``), then ``y = g(z)`` into
+        ``out``. Returns ``(z, y)``; ``y is z`` for the identity activation."""
+        dtype = self._float_dtype(z, bias)
+        if z.ndim == 0 or (bias is not None and (bias.ndim != 1 or bias.shape[0] != z.shape[-1])):
+            raise ValueError(f"bias_activation: expected z (*, n) and bias (n,), got {z.shape} and "
+                             f"{None if bias is None else bias.shape}")
+        if not z.flags.c_contiguous:
+            raise ValueError("bias_activation: z is written in place and must be C-contiguous")
+        self._activation_table(self.kernels.forward, activation)
+        y = z if activation == "identity" else self._out(out, z.shape, dtype, "bias_activation")
+        return self.kernels.bias_activation(z, bias, activation, self._alpha(activation, alpha), y)
 
     # --- activations ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ NUMPY_KERNELS = KernelSet(
     softmax_backward=activations.softmax_backward,
     matmul=linear.matmul,
     bias_add=linear.bias_add,
+    bias_activation=linear.bias_activation,
     linear_forward=linear.linear_forward,
     linear_backward=linear.linear_backward,
     mse=losses.mse,

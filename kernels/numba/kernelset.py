@@ -95,24 +95,26 @@ def matmul_kernel(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
-def linear_forward(x, weight, bias, activation, alpha, z, y):
-    """BLAS GEMM, then one JIT pass for bias + activation (writes z and y)."""
-    rows = reference_linear._rows
-    z2 = rows(z)
-    np.matmul(rows(x), weight.T, out=z2)
+def bias_activation(z, bias, activation, alpha, y):
+    """One JIT pass for ``z += bias`` and ``y = g(z)`` (NumPy needs two)."""
     if not _contiguous(z, y):
-        if bias is not None:
-            z2 += bias
-        if y is not z:
-            reference_activations.FORWARD[activation](z, y, alpha)
-        return z, y
+        return reference_linear.bias_activation(z, bias, activation, alpha, y)
+    z2 = reference_linear._rows(z)
     if y is z:
         if bias is not None:
             pick(elementwise.bias_add_inplace, z.size)(z2, bias)
     else:
         bias_values = bias if bias is not None else _zeros(z2.shape[1], z.dtype)
-        pick(elementwise.bias_activation[activation], z.size)(z2, bias_values, rows(y), _alpha(alpha, z.dtype))
+        pick(elementwise.bias_activation[activation], z.size)(z2, bias_values, reference_linear._rows(y),
+                                                              _alpha(alpha, z.dtype))
     return z, y
+
+
+def linear_forward(x, weight, bias, activation, alpha, z, y):
+    """BLAS GEMM, then the fused bias + activation pass."""
+    rows = reference_linear._rows
+    np.matmul(rows(x), weight.T, out=rows(z))
+    return bias_activation(z, bias, activation, alpha, y)
 
 
 _ZERO_BIAS: dict = {}
@@ -206,6 +208,7 @@ NUMBA_KERNELS = KernelSet(
     softmax_backward=reference_activations.softmax_backward,
     matmul=matmul_kernel,
     bias_add=reference_linear.bias_add,
+    bias_activation=bias_activation,
     linear_forward=linear_forward,
     linear_backward=linear_backward,
     mse=_elementwise_loss(losses.mse, reference_losses.mse),

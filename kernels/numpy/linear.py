@@ -34,17 +34,22 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
-def linear_forward(x, weight, bias, activation, alpha, z, y):
-    """GEMM then one bias+activation pass: writes ``z = x @ weight.T + bias`` and ``y = g(z)``.
-
-    ``y`` may be ``z`` itself for the identity activation (no copy)."""
-    z2 = _rows(z)
-    np.matmul(_rows(x), weight.T, out=z2)
+def bias_activation(z, bias, activation, alpha, y):
+    """The pass after the GEMM: ``z += bias`` (when there is one) and ``y = g(z)``; ``y`` may be
+    ``z`` for the identity activation. NumPy needs two passes; a JIT backend fuses them."""
     if bias is not None:
-        z2 += bias
+        z += bias
     if y is not z:
         FORWARD[activation](z, y, alpha)
     return z, y
+
+
+def linear_forward(x, weight, bias, activation, alpha, z, y):
+    """GEMM then the bias+activation pass: ``z = x @ weight.T + bias`` and ``y = g(z)``.
+
+    ``y`` may be ``z`` itself for the identity activation (no copy)."""
+    np.matmul(_rows(x), weight.T, out=_rows(z))
+    return bias_activation(z, bias, activation, alpha, y)
 
 
 def linear_backward(x, weight, dz, dx, dweight, dbias):

@@ -1,0 +1,137 @@
+"""Run the sections and present them: one table, a JSON file, a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from .machine import describe
+from .measure import Measurement
+from .sections import SECTIONS
+
+# what each speed-up column divides by, per section
+BASELINES = {
+    "matrix": {"x naive": ("naive loops", "per-sample loop"), "x numpy": ("numpy",), "x torch": ("torch",)},
+    "elementwise": {"x naive": ("numpy expression",), "x numpy": ("numpy",), "x torch": ("torch",)},
+    "training": {"x naive": ("lecture loop",), "x numpy": ("numpy",), "x torch": ("torch",)},
+}
+
+
+def _progress_factory(enabled: bool):
+    if enabled and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            return lambda items, label: tqdm(list(items), desc=label, unit="job", leave=False)
+        except ImportError:
+            pass
+    return lambda items, label: items
+
+
+def run(backends: list[str], quick: bool = False, repeats: int = 5, sections: Iterable[str] = tuple(SECTIONS),
+        progress: bool = True) -> dict[str, Any]:
+    progress_bar = _progress_factory(progress)
+    results: list[Measurement] = []
+    for section in sections:
+        results += SECTIONS[section](backends, quick, repeats, progress_bar)
+    return {"machine": describe(), "quick": quick, "repeats": repeats, "backends": backends,
+            "results": [m.as_dict() for m in results]}
+
+
+def _baseline_value(rows: list[dict], section: str, workload: str, names: tuple[str, ...]) -> float | None:
+    for name in names:
+        for row in rows:
+            if row["section"] == section and row["contender"] == name:
+                # the naive triple loop is timed once, at a small size, and compared with every size
+                if row["workload"] == workload or name == "naive loops":
+                    return row["value"]
+    return None
+
+
+def table(report: dict[str, Any]) -> str:
+    rows = report["results"]
+    machine = report["machine"]
+    peak = machine["peak"]
+    lines = [f"machine: {machine['cpu']}, {machine['cores']} cores, SIMD {' '.join(machine['simd'])}",
+             "BLAS: " + ("; ".join(f"{p['internal_api']} {p['version']} ({p['architecture']}), "
+                                   f"{p['num_threads']} threads"
+                                   for p in machine["blas"] if p.get("user_api") == "blas") or "unknown"),
+             f"peak: {peak['gflops_float32'] or 0:.0f} GFLOP/s float32, {peak['gflops_float64'] or 0:.0f} float64 "
+             f"= {peak['assumptions']}; a core running above its nominal clock shows as more than 100 %",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v),
+             f"GPU: {machine['gpu']}", ""]
+    header = f"{'section':11s} {'workload':36s} {'contender':17s} {'median':>12s} {'unit':9s} {'(min - max)':>21s}" \
+             f" {'x naive':>9s} {'x numpy':>8s} {'x torch':>8s}  notes"
+    lines += [header, "-" * len(header)]
+    for row in rows:
+        columns = []
+        for names in BASELINES[row["section"]].values():
+            base = _baseline_value(rows, row["section"], row["workload"], names)
+            columns.append(f"{row['value'] / base:8.2f}x" if base else f"{'':9s}")
+        notes = []
+        if row["unit"] == "GFLOP/s" and peak.get(f"gflops_{row['extra'].get('dtype', 'float32')}"):
+            notes.append(f"{100 * row['value'] / peak['gflops_' + row['extra'].get('dtype', 'float32')]:.0f}% of peak")
+        if row["extra"].get("accuracy") is not None:
+            notes.append(f"accuracy {row['extra']['accuracy']:.3f}")
+        if row["extra"].get("warmup_s", 0) > 0.2:
+            notes.append(f"first call {row['extra']['warmup_s']:.1f} s (JIT)")
+        value = f"{row['value']:,.2f}" if row["value"] < 1000 else f"{row['value']:,.0f}"
+        spread = f"({row['low']:,.3g} - {row['high']:,.3g})"
+        lines.append(f"{row['section']:11s} {row['workload'][:36]:36s} {row['contender']:17s} {value:>12s} "
+                     f"{row['unit']:9s} {spread:>21s} {' '.join(columns)}  {', '.join(notes)}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: str) -> str:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def chart(report: dict[str, Any], path: str) -> str:
+    from ..plots import _pyplot, _save
+
+    plt = _pyplot()
+    rows = report["results"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    axis = axes[0]
+    for contender in sorted({r["contender"] for r in rows if r["section"] == "matrix" and "n" in r["extra"]}):
+        for dtype, style in (("float32", "-"), ("float64", "--")):
+            points = sorted((r["extra"]["n"], r["value"]) for r in rows if r["section"] == "matrix"
+                            and r["contender"] == contender and r["extra"].get("dtype") == dtype)
+            if len(points) > 1:
+                axis.plot(*zip(*points), style, marker="o", label=f"{contender} {dtype}")
+    peak = report["machine"]["peak"].get("gflops_float32")
+    if peak:
+        axis.axhline(peak, color="grey", linestyle=":", label="peak float32")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("n (n x n matrices)")
+    axis.set_ylabel("GFLOP/s")
+    axis.set_title("matrix core")
+    axis.legend(fontsize=7)
+    for axis, section, unit in ((axes[1], "elementwise", "GB/s"), (axes[2], "training", "samples/s")):
+        picked = [r for r in rows if r["section"] == section]
+        workloads = list(dict.fromkeys(r["workload"] for r in picked))
+        contenders = list(dict.fromkeys(r["contender"] for r in picked))
+        width = 0.8 / max(len(contenders), 1)
+        for i, contender in enumerate(contenders):
+            values = [next((r["value"] for r in picked if r["workload"] == w and r["contender"] == contender), 0)
+                      for w in workloads]
+            axis.bar([k + i * width for k in range(len(workloads))], values, width, label=contender)
+        axis.set_xticks([k + 0.4 - width / 2 for k in range(len(workloads))])
+        axis.set_xticklabels([w.replace(" after the GEMM", "\nafter GEMM").replace(" loss + grad", "\nloss+grad")
+                              for w in workloads], fontsize=7)
+        axis.set_ylabel(unit)
+        if section == "training":
+            axis.set_yscale("log")
+        axis.set_title(section)
+        axis.legend(fontsize=7)
+    fig.suptitle(f"fastnn bench on {report['machine']['cpu']} ({report['machine']['cores']} cores)")
+    fig.tight_layout()
+    return _save(fig, path)
