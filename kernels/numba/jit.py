@@ -23,6 +23,10 @@ def serial_and_parallel(fn, suffix: str = "", **options):
     vectorised loop. ``suffix`` names the specialisation; every build gets its own qualified
     name so none shares an on-disk cache entry with another."""
     fn.__qualname__ = f"{fn.__qualname__}_{suffix}" if suffix else fn.__qualname__
+    # error_model="numpy": x / 0 gives inf or NaN as in NumPy instead of raising, which also
+    # drops the zero check before every division that kept serial loops from vectorising
+    # (a float32 sigmoid loop: 49 us -> 1 us on 8192 elements). Parallel builds already use it.
+    options = {"error_model": "numpy", **options}
     serial = njit(cache=True, **options)(fn)
     twin = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
                                 fn.__defaults__, fn.__closure__)

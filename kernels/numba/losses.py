@@ -135,7 +135,7 @@ def _mse(p, t, grad, inv_n):
 
 _FAST = {"fastmath": {"reassoc", "contract"}}
 row_max = njit(inline="always", cache=True)(_row_max)
-row_exp = njit(cache=True, **_FAST)(_row_exp)
+row_exp = njit(cache=True, error_model="numpy", **_FAST)(_row_exp)
 softmax_xent_labels = serial_and_parallel(_softmax_xent_labels, **_FAST)
 softmax_xent_probs = serial_and_parallel(_softmax_xent_probs, **_FAST)
 bce_with_logits = serial_and_parallel(_bce_with_logits, **_FAST)
