@@ -37,7 +37,9 @@ def pytest_terminal_summary(terminalreporter, config):
             continue
         contender = bench.extra_info.get("contender", bench.name)
         medians.setdefault(bench.group, {})[contender] = bench.stats.median
-    terminalreporter.write_sep("-", "speed-ups (ratio of medians, same run)")
+    quick = config.getoption("--quick")
+    terminalreporter.write_sep("-", "speed-ups (ratio of medians, same run)" +
+                               (" -- --quick sizes: the targets are for full runs" if quick else ""))
     for group, by_contender in sorted(medians.items()):
         baseline, checked, goal = TARGETS.get(group, (None, None, None))
         base = by_contender.get(baseline) if baseline else None
