@@ -115,6 +115,23 @@ class _Guard:
         self.ones = backend.empty(self.params.shape, self.params.dtype)
         self.ones[...] = 1
         self.xp = backend.xp
+        self.deferred = backend.defers_checks
+        self.ok = self.xp.asarray(True)
+        self.first_bad = self.xp.asarray(0)
+
+    def track(self, value: Any, batch: int) -> None:
+        """The device form of the check: no value leaves the device. The snapshot follows the
+        parameters only while every step so far was finite; ``settle`` reads the verdict."""
+        xp = self.xp
+        finite = xp.isfinite(xp.dot(self.params, self.ones)) & xp.isfinite(value)
+        self.first_bad = xp.where(self.ok & ~finite, batch, self.first_bad)
+        self.ok = self.ok & finite
+        xp.copyto(self.snapshot, self.params, where=self.ok)
+
+    def settle(self, epoch: int) -> None:
+        """Once per epoch on a deferring backend: raise if any step went non-finite."""
+        if self.deferred and not bool(self.ok):
+            raise self.fail(epoch, int(self.first_bad), "the loss or a gradient became non-finite")
 
     def commit(self) -> bool:
         """True (and remember these parameters) if every parameter is finite."""
@@ -241,11 +258,13 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
                     yb = backend.take_rows(target, order[start:stop], y_buf)
                 out = network._forward(xb)
                 value, grad = loss.compute(backend, out, yb, grad)
-                if not math.isfinite(float(value)):
+                if not guard.deferred and not math.isfinite(float(value)):
                     raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
                 network._backward(grad, need_input_grad=False)
                 optimizer.step(network)
-                if not guard.commit():
+                if guard.deferred:
+                    guard.track(value, batch + 1)
+                elif not guard.commit():
                     raise guard.fail(epoch, batch + 1, guard.culprit())
                 batch_losses[batch] = value
                 if track_accuracy:
@@ -258,6 +277,7 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
                                         rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
                 if interrupt["stop"]:
                     break
+            guard.settle(epoch)
             seconds = time.perf_counter() - started
             done = batch + 1
             record = {"loss": float(xp.dot(batch_losses[:done], sizes[:done])) / seen}

@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 import fastnn
 from fastnn.backends import REGISTRY, backend_for
+from support import fake_cupy
 
 USABLE = [name for name, reason in fastnn.available_backends().items() if reason is None]
 # The numba backend runs small problems with serial builds of its kernels and large ones with
 # parallel builds; "numba-parallel" forces the parallel builds so both are checked everywhere.
-VARIANTS = USABLE + (["numba-parallel"] if "numba" in USABLE else [])
+# "cupy-standin" runs the CuPy backend's own code on a NumPy-backed CuPy whose kernels are the
+# real CUDA source compiled for the host (tests/support/fake_cupy.py). A real GPU adds "cupy",
+# marked gpu: `pytest -m gpu` runs the suite on the device alone.
+_GPU = pytest.mark.gpu
+VARIANTS = [pytest.param(name, marks=_GPU) if name == "cupy" else name for name in USABLE]
+VARIANTS += ["numba-parallel"] if "numba" in USABLE else []
+VARIANTS += ["cupy-standin"] if fake_cupy.host_compiler() else []
+
+
+@pytest.fixture(scope="session")
+def host_cuda_library(tmp_path_factory):
+    return fake_cupy.build_host_kernels(tmp_path_factory.mktemp("cuda-host"))
+
+
+def _standin(library, monkeypatch, record):
+    fake = fake_cupy.FakeCupy(library, record=record)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    from fastnn.backends.cupy_backend import CupyBackend
+
+    return CupyBackend(), fake
+
+
+@pytest.fixture
+def cupy_standin(host_cuda_library, monkeypatch):
+    """The CuPy backend on the NumPy-backed stand-in, recording every launch:
+    (backend, fake cupy module)."""
+    return _standin(host_cuda_library, monkeypatch, record=True)
 
 
 @pytest.fixture(params=VARIANTS)
@@ -23,8 +52,12 @@ def backend(request, monkeypatch):
 
         monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)
         name = "numba"
-    with fastnn.use_backend(name):
-        yield backend_for(name)
+    if name == "cupy-standin":
+        instance = _standin(request.getfixturevalue("host_cuda_library"), monkeypatch, record=False)[0]
+    else:
+        instance = backend_for(name)
+    with fastnn.use_backend(instance):
+        yield instance
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +82,8 @@ def tolerance(dtype) -> dict[str, float]:
 
 def pytest_report_header(config):
     unusable = {name: why for name, why in fastnn.available_backends().items() if why}
-    lines = [f"fastnn backends under test: {', '.join(VARIANTS)}"]
+    names = [v if isinstance(v, str) else v.values[0] for v in VARIANTS]
+    lines = [f"fastnn backends under test: {', '.join(names)}"]
     lines += [f"  not under test: {name} ({why})" for name, why in unusable.items()]
     return lines
 

@@ -46,10 +46,19 @@ def _numba_probe() -> str | None:
 
 
 def _cupy_probe() -> str | None:
+    """Decided from the device count, once (cached by ``_probe``), never at import."""
     if importlib.util.find_spec("cupy") is None:
         return ("CuPy is not installed (pip install 'fastnn[cuda12]' or 'fastnn[cuda13]' on a machine "
                 "with an NVIDIA GPU)")
-    return "the cupy backend is not implemented in this version of fastnn (CuPy itself is installed)"
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, no device, a broken install: all say why
+        return f"CuPy is installed but no CUDA device is usable: {exc}"
+    if count < 1:
+        return "CuPy is installed but no CUDA device is usable: the driver reports 0 devices"
+    return None
 
 
 REGISTRY: dict[str, BackendEntry] = {

@@ -90,6 +90,9 @@ class Backend:
     name: str = "abstract"
     xp: ModuleType = np
     kernels: KernelSet
+    # True where reading a value back to the host stalls a device queue: training then checks
+    # for NaN/inf on the device and looks at the result once per epoch, not once per step.
+    defers_checks: bool = False
 
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"

@@ -1,0 +1,1 @@
+"""CUDA kernels (``fastnn_kernels.cu``, ``fastnn_math.cuh``) and their launcher (``launch``)."""

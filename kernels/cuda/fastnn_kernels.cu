@@ -1,0 +1,153 @@
+// fastnn's CUDA kernels: templates over float and double, grid-stride loops, compiled at run time
+// by one cupy.RawModule (fastnn.kernels.cuda.launch), fetched on first use. Shapes, dtypes and
+// contiguity are checked in Python before any launch; every array here is C-contiguous.
+// Per-element maths lives in fastnn_math.cuh (shared with the host build used by the tests).
+#include "fastnn_math.cuh"
+
+#define FASTNN_GRID_STRIDE(i, n) \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
+
+// After the GEMM, in one pass: z += bias (when has_bias), y = g(z). z, y: (rows, cols).
+template <typename T>
+__global__ void bias_activation(T* z, const T* bias, T* y, long long rows, long long cols, int code, T alpha,
+                                int has_bias) {
+  FASTNN_GRID_STRIDE(i, rows * cols) {
+    T v = z[i] + (has_bias ? bias[i % cols] : T(0));
+    z[i] = v;
+    y[i] = fastnn::activation(code, v, alpha);
+  }
+}
+
+template <typename T>
+__global__ void activation_forward(const T* z, T* y, long long n, int code, T alpha) {
+  FASTNN_GRID_STRIDE(i, n) { y[i] = fastnn::activation(code, z[i], alpha); }
+}
+
+template <typename T>
+__global__ void activation_backward(const T* dy, const T* z, const T* y, T* dz, long long n, int code, T alpha) {
+  FASTNN_GRID_STRIDE(i, n) { dz[i] = fastnn::activation_backward(code, dy[i], z[i], y[i], alpha); }
+}
+
+// Bias gradient: out[j] = sum_i dz[i, j], one thread per column summing down the rows in order,
+// so the result is the same on every launch (no atomics).
+template <typename T>
+__global__ void column_sums(const T* dz, T* out, long long rows, long long cols) {
+  FASTNN_GRID_STRIDE(j, cols) {
+    T total = T(0);
+    for (long long i = 0; i < rows; ++i) total += dz[i * cols + j];
+    out[j] = total;
+  }
+}
+
+// Softmax cross-entropy with integer labels, one thread per row (log-sum-exp stable):
+// grad = (softmax(z) - onehot) * inv_n, row_loss[i] = lse_i - z[i, label_i].
+template <typename T>
+__global__ void softmax_xent_labels(const T* z, const long long* labels, T* grad, T* row_loss, long long rows,
+                                    long long classes, T inv_n) {
+  FASTNN_GRID_STRIDE(i, rows) {
+    const T* row = z + i * classes;
+    T* g = grad + i * classes;
+    T top = row[0];
+    for (long long j = 1; j < classes; ++j) top = row[j] > top ? row[j] : top;
+    if (fastnn::is_nan(top)) top = T(0);  // a NaN in the row spreads through exp below
+    T total = T(0);
+    for (long long j = 0; j < classes; ++j) {
+      T e = fastnn::m_exp(row[j] - top);
+      g[j] = e;
+      total += e;
+    }
+    T scale = inv_n / total;
+    for (long long j = 0; j < classes; ++j) g[j] *= scale;
+    long long label = labels[i];
+    g[label] -= inv_n;
+    row_loss[i] = top + fastnn::m_log(total) - row[label];
+  }
+}
+
+// With probability targets: row_loss[i] = sum_j t_ij (lse_i - z_ij).
+template <typename T>
+__global__ void softmax_xent_probs(const T* z, const T* target, T* grad, T* row_loss, long long rows,
+                                   long long classes, T inv_n) {
+  FASTNN_GRID_STRIDE(i, rows) {
+    const T* row = z + i * classes;
+    const T* t = target + i * classes;
+    T* g = grad + i * classes;
+    T top = row[0];
+    for (long long j = 1; j < classes; ++j) top = row[j] > top ? row[j] : top;
+    if (fastnn::is_nan(top)) top = T(0);
+    T total = T(0), mass = T(0), dot = T(0);
+    for (long long j = 0; j < classes; ++j) {
+      T e = fastnn::m_exp(row[j] - top);
+      g[j] = e;
+      total += e;
+      mass += t[j];
+      dot += t[j] * row[j];
+    }
+    T scale = inv_n * mass / total;
+    for (long long j = 0; j < classes; ++j) g[j] = g[j] * scale - t[j] * inv_n;
+    row_loss[i] = (top + fastnn::m_log(total)) * mass - dot;
+  }
+}
+
+// Elementwise losses: per-element loss into `loss` (summed on the device afterwards), gradient scaled.
+template <typename T>
+__global__ void bce_with_logits(const T* x, const T* t, T* grad, T* loss, long long n, T inv_n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    loss[i] = fastnn::bce_with_logits_loss(x[i], t[i]);
+    grad[i] = fastnn::bce_with_logits_grad(x[i], t[i]) * inv_n;
+  }
+}
+
+template <typename T>
+__global__ void bce(const T* p, const T* t, T* grad, T* loss, long long n, T inv_n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    loss[i] = fastnn::bce_loss(p[i], t[i]);
+    grad[i] = fastnn::bce_grad(p[i], t[i]) * inv_n;
+  }
+}
+
+template <typename T>
+__global__ void mse(const T* p, const T* t, T* grad, T* loss, long long n, T inv_n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    T d = p[i] - t[i];
+    loss[i] = d * d;
+    grad[i] = T(2) * d * inv_n;
+  }
+}
+
+// Optimizer updates over the whole flat parameter vector, in place.
+template <typename T>
+__global__ void sgd(T* param, const T* grad, T* velocity, long long n, T lr, T momentum, int nesterov,
+                    T weight_decay, int first_step) {
+  FASTNN_GRID_STRIDE(i, n) {
+    param[i] = fastnn::sgd_step(param[i], grad[i], velocity + i, lr, momentum, nesterov != 0, weight_decay,
+                                first_step != 0);
+  }
+}
+
+template <typename T>
+__global__ void adam(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, long long n, T step_size, T bc2_sqrt,
+                     T beta1, T beta2, T eps, T l2, T decay_factor) {
+  FASTNN_GRID_STRIDE(i, n) {
+    param[i] = fastnn::adam_step(param[i], grad[i], exp_avg + i, exp_avg_sq + i, step_size, bc2_sqrt, beta1, beta2,
+                                 eps, l2, decay_factor);
+  }
+}
+
+#ifdef FASTNN_INSTANTIATE_ALL
+// For ahead-of-time compilation checks (nvcc): instantiate every kernel for float and double.
+#define FASTNN_INSTANTIATE(T)                                                                                  \
+  template __global__ void bias_activation<T>(T*, const T*, T*, long long, long long, int, T, int);           \
+  template __global__ void activation_forward<T>(const T*, T*, long long, int, T);                            \
+  template __global__ void activation_backward<T>(const T*, const T*, const T*, T*, long long, int, T);      \
+  template __global__ void column_sums<T>(const T*, T*, long long, long long);                                \
+  template __global__ void softmax_xent_labels<T>(const T*, const long long*, T*, T*, long long, long long, T); \
+  template __global__ void softmax_xent_probs<T>(const T*, const T*, T*, T*, long long, long long, T);         \
+  template __global__ void bce_with_logits<T>(const T*, const T*, T*, T*, long long, T);                      \
+  template __global__ void bce<T>(const T*, const T*, T*, T*, long long, T);                                  \
+  template __global__ void mse<T>(const T*, const T*, T*, T*, long long, T);                                  \
+  template __global__ void sgd<T>(T*, const T*, T*, long long, T, T, int, T, int);                            \
+  template __global__ void adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, T, T);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#endif

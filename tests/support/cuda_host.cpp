@@ -1,0 +1,48 @@
+// Host build of kernels/cuda/fastnn_kernels.cu for the tests: the kernel templates become plain C++
+// functions, run as a single "thread" (blockIdx 0, blockDim 1, gridDim 1) so each grid-stride loop
+// visits every index. Exposes one extern "C" entry point per kernel and dtype for ctypes.
+#include <cmath>
+
+struct fastnn_dim3 { unsigned x, y, z; };
+static fastnn_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+#define __global__
+#define __host__
+#define __device__
+#define __forceinline__ inline
+
+#include "fastnn_kernels.cu"
+
+#define FASTNN_EXPORT(T, S)                                                                                       \
+  extern "C" void bias_activation_##S(T* z, const T* b, T* y, long long r, long long c, int code, T a, int hb) { \
+    bias_activation<T>(z, b, y, r, c, code, a, hb);                                                            \
+  }                                                                                                            \
+  extern "C" void activation_forward_##S(const T* z, T* y, long long n, int code, T a) {                      \
+    activation_forward<T>(z, y, n, code, a);                                                                   \
+  }                                                                                                            \
+  extern "C" void activation_backward_##S(const T* dy, const T* z, const T* y, T* dz, long long n, int code,   \
+                                          T a) {                                                               \
+    activation_backward<T>(dy, z, y, dz, n, code, a);                                                          \
+  }                                                                                                            \
+  extern "C" void column_sums_##S(const T* dz, T* out, long long r, long long c) { column_sums<T>(dz, out, r, c); } \
+  extern "C" void softmax_xent_labels_##S(const T* z, const long long* l, T* g, T* rl, long long r, long long c, \
+                                          T inv_n) {                                                           \
+    softmax_xent_labels<T>(z, l, g, rl, r, c, inv_n);                                                          \
+  }                                                                                                            \
+  extern "C" void softmax_xent_probs_##S(const T* z, const T* t, T* g, T* rl, long long r, long long c, T inv_n) { \
+    softmax_xent_probs<T>(z, t, g, rl, r, c, inv_n);                                                           \
+  }                                                                                                            \
+  extern "C" void bce_with_logits_##S(const T* x, const T* t, T* g, T* l, long long n, T inv_n) {             \
+    bce_with_logits<T>(x, t, g, l, n, inv_n);                                                                  \
+  }                                                                                                            \
+  extern "C" void bce_##S(const T* p, const T* t, T* g, T* l, long long n, T inv_n) { bce<T>(p, t, g, l, n, inv_n); } \
+  extern "C" void mse_##S(const T* p, const T* t, T* g, T* l, long long n, T inv_n) { mse<T>(p, t, g, l, n, inv_n); } \
+  extern "C" void sgd_##S(T* p, const T* g, T* v, long long n, T lr, T mu, int nest, T wd, int first) {         \
+    sgd<T>(p, g, v, n, lr, mu, nest, wd, first);                                                               \
+  }                                                                                                            \
+  extern "C" void adam_##S(T* p, const T* g, T* m, T* v, long long n, T ss, T bc2, T b1, T b2, T eps, T l2,    \
+                           T decay) {                                                                          \
+    adam<T>(p, g, m, v, n, ss, bc2, b1, b2, eps, l2, decay);                                                   \
+  }
+
+FASTNN_EXPORT(float, float)
+FASTNN_EXPORT(double, double)

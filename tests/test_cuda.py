@@ -1,0 +1,158 @@
+"""The CUDA path without a GPU: nvcc compiles every kernel, the host build runs their maths, the
+CuPy backend's Python runs on the stand-in, and device tests are marked ``gpu``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.backends import backend_for
+from fastnn.kernels.cuda import launch
+
+CUDA_DIR = os.path.join(os.path.dirname(launch.__file__))
+NO_DEVICE = fastnn.available_backends()["cupy"]
+
+
+def _nvcc():
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        if os.environ.get("CI"):
+            pytest.fail("nvcc is not installed: CI must compile the CUDA kernels (it is on the project's machines)")
+        pytest.skip("nvcc is not installed here; CI, which has it, compiles the kernels")
+    return nvcc
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_kernel_compiles_with_nvcc_warnings_as_errors(tmp_path, arch):
+    command = [_nvcc(), "-std=c++17", f"-arch={arch}", "-DFASTNN_INSTANTIATE_ALL", "-Werror", "all-warnings",
+               "-Xcompiler", "-Wall,-Wextra,-Werror", "-c", os.path.join(CUDA_DIR, "fastnn_kernels.cu"),
+               "-o", str(tmp_path / f"kernels_{arch}.o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / f"kernels_{arch}.o").stat().st_size > 0
+
+
+def test_the_runtime_module_source_is_self_contained():
+    source = launch.module_source()
+    assert "#include \"fastnn_math.cuh\"" not in source and "namespace fastnn" in source
+    assert tuple(launch.CODES) == tuple(fastnn.ACTIVATIONS)
+    for code, name in enumerate(("IDENTITY", "RELU", "LEAKY_RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "SILU",
+                                 "SOFTPLUS", "ELU")):
+        assert launch.CODES[name.lower()] == code  # the C++ enum's order
+
+
+def test_module_compiled_once_lazily_with_every_instantiation(cupy_standin):
+    backend, fake = cupy_standin
+    assert fake.modules_built == 0  # constructing the backend compiles nothing
+    z = np.linspace(-3, 3, 10)
+    backend.activation("relu", z)
+    backend.activation("tanh", z.astype(np.float32))
+    assert fake.modules_built == 1
+    assert {(name, ctype) for name, ctype, _, _ in fake.launches} == {("activation_forward", "double"),
+                                                                      ("activation_forward", "float")}
+
+
+def test_grid_is_sized_from_the_problem_and_the_device(cupy_standin):
+    backend, fake = cupy_standin
+    backend.activation("relu", np.zeros(10))
+    backend.activation("relu", np.zeros(1_000_000))
+    (_, _, small, block), (_, _, large, _) = fake.launches
+    assert block == (launch.BLOCK,) and small == (1,)
+    assert large == (32 * 2,)  # capped at 32 blocks per multiprocessor (the stand-in has 2)
+
+
+def test_arguments_are_checked_before_any_launch(cupy_standin):
+    backend, fake = cupy_standin
+    out = np.empty((4, 6))[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.kernels.forward["relu"](np.zeros((4, 3)), out, None)
+    with pytest.raises(TypeError, match="share one dtype"):
+        backend.kernels.backward["relu"](np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3, np.float32), None)
+    assert fake.launches == []
+
+
+def test_a_training_step_keeps_the_loss_on_the_device(cupy_standin):
+    """Every launch of a step, in order: no kernel is skipped, none is extra."""
+    backend, fake = cupy_standin
+    with fastnn.use_backend(backend):
+        net = fastnn.Network([fastnn.Linear(3, 4, "relu", seed=0), fastnn.Linear(4, 2, seed=1)])
+        X, y = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32), np.arange(8) % 2
+        net.fit(X, y, "cross_entropy", fastnn.SGD(0.1, momentum=0.9), epochs=1, batch_size=8, progress=False,
+                metrics=False)
+    assert [name for name, *_ in fake.launches] == [
+        "bias_activation",  # layer 0: after its GEMM
+        "softmax_xent_labels",  # layer 1 has no activation: its GEMM and bias-add need no kernel of ours
+        "column_sums",  # layer 1's bias gradient
+        "activation_backward", "column_sums",  # layer 0
+        "sgd",  # one update over every parameter
+    ]
+
+
+def test_checkpoints_move_between_backends(cupy_standin, tmp_path):
+    backend, _ = cupy_standin
+    with fastnn.use_backend(backend):
+        net = fastnn.Network([fastnn.Linear(3, 4, "gelu", seed=0), fastnn.Linear(4, 2, seed=1)])
+        X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+        expected = net.predict(X)
+        net.save(tmp_path / "m.npz")
+    moved = fastnn.Network.load(tmp_path / "m.npz", backend="numpy")
+    np.testing.assert_allclose(moved.predict(X), expected, rtol=1e-6)
+    np.testing.assert_allclose(net.to("numpy").predict(X), expected, rtol=1e-6)
+
+
+def test_unusable_cupy_says_why(monkeypatch):
+    from fastnn import backends
+
+    class NoDevice(Exception):
+        pass
+
+    def no_device():
+        raise NoDevice("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object())
+    assert backends._cupy_probe() == ("CuPy is installed but no CUDA device is usable: cudaErrorNoDevice: "
+                                      "no CUDA-capable device is detected")
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    assert backends._cupy_probe().startswith("CuPy is not installed")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_DEVICE is not None, reason=f"needs a usable CUDA device: {NO_DEVICE}")
+def test_real_device_trains_like_numpy():
+    X, _, y, _ = fastnn.datasets.digits()
+    results = []
+    for name in ("numpy", "cupy"):
+        with fastnn.use_backend(name):
+            net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0, dtype=np.float64),
+                                  fastnn.Linear(32, 10, seed=1, dtype=np.float64)])
+            history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.05), epochs=3, seed=0, progress=False)
+            results.append(history["loss"])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-8)
+    assert backend_for("cupy").name == "cupy"
+
+
+def test_device_backends_check_for_nan_once_per_epoch(cupy_standin, monkeypatch):
+    """On the CuPy backend the per-step NaN check stays on the device (no float() per step)."""
+    backend, _ = cupy_standin
+    assert backend.defers_checks
+    reads = []
+    import fastnn.training as training
+
+    original = training._Guard.settle
+    monkeypatch.setattr(training._Guard, "settle", lambda self, epoch: reads.append(epoch) or original(self, epoch))
+    monkeypatch.setattr(training._Guard, "commit", lambda self: pytest.fail("a per-step host check ran"))
+    with fastnn.use_backend(backend):
+        X, y = fastnn.datasets.xor()
+        net = fastnn.Network([fastnn.Linear(2, 4, "tanh", seed=0), fastnn.Linear(4, 1, seed=1)])
+        net.fit(X, y, "bce_with_logits", fastnn.SGD(0.1), epochs=3, batch_size=1, progress=False)
+    assert reads == [1, 2, 3]
