@@ -61,3 +61,13 @@ def test_cli_bench_quick(tmp_path, capsys):
     data = json.loads((tmp_path / "b.json").read_text())
     sections = {r["section"] for r in data["results"]}
     assert sections == {"matrix", "training"}
+
+
+def test_a_gpu_backend_is_timed_with_cuda_events(cupy_standin):
+    backend, _ = cupy_standin
+    result = report.run([backend, "numpy"], quick=True, repeats=2, sections=("elementwise", "matrix"), progress=False)
+    device_rows = [r for r in result["results"] if r["contender"] == "cupy"]
+    assert device_rows and all(r["extra"]["timing"] == "CUDA events" for r in device_rows)
+    assert all(r["extra"]["launch_overhead_us"] > 0 for r in device_rows)
+    assert all("timing" not in r["extra"] for r in result["results"] if r["contender"] == "numpy")
+    assert "launch overhead" in report.table(result)

@@ -29,10 +29,36 @@ class Measurement:
         return asdict(self)
 
 
+def device_time_call(cupy: Any, fn: Callable[[], Any], repeats: int, min_seconds: float = 0.02
+                     ) -> tuple[float, list[float], float]:
+    """Like ``time_call`` on a GPU: each round is timed with CUDA events on the stream (device
+    time); the host time to enqueue a call, measured without waiting for the device, is returned
+    separately as the launch overhead per call (seconds)."""
+    warm, _ = time_call(fn, 0)
+    cupy.cuda.Device().synchronize()
+    calls = max(1, int(min_seconds / max(warm, 1e-7)))
+    rounds, enqueue = [], []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        enqueue.append((time.perf_counter() - started) / calls)
+        stop.record()
+        stop.synchronize()
+        rounds.append(cupy.cuda.get_elapsed_time(start, stop) / 1000.0 / calls)
+    return warm, rounds, statistics.median(enqueue)
+
+
 def time_call(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.02) -> tuple[float, list[float]]:
     """Per-call seconds of ``fn``: one warm-up call (JIT compilation, caches, first touches), then
     ``repeats`` timed rounds of as many calls as fill ``min_seconds``. Returns (warm-up seconds,
     per-call seconds of each round)."""
+    if repeats == 0:
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started, []
     started = time.perf_counter()
     fn()
     warm = time.perf_counter() - started

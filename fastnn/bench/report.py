@@ -76,6 +76,8 @@ def table(report: dict[str, Any]) -> str:
             notes.append(f"{100 * row['value'] / peak['gflops_' + row['extra'].get('dtype', 'float32')]:.0f}% of peak")
         if row["extra"].get("accuracy") is not None:
             notes.append(f"accuracy {row['extra']['accuracy']:.3f}")
+        if row["extra"].get("timing") == "CUDA events":
+            notes.append(f"device time; launch overhead {row['extra']['launch_overhead_us']:.1f} us/call")
         if row["extra"].get("warmup_s", 0) > 0.2:
             notes.append(f"first call {row['extra']['warmup_s']:.1f} s (JIT)")
         value = f"{row['value']:,.2f}" if row["value"] < 1000 else f"{row['value']:,.0f}"

@@ -16,9 +16,28 @@ import numpy as np
 
 from ..backends import backend_for
 from . import baselines
-from .measure import Measurement, measurement, time_call
+from .measure import Measurement, device_time_call, measurement, time_call
 
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
+
+
+def _timed(fn: Callable[[], Any], repeats: int, backend: Any = None) -> tuple[float, list[float], dict]:
+    """Host timing, or CUDA-event timing (with the launch overhead apart) on a GPU backend."""
+    if backend is not None and getattr(backend, "defers_checks", False):
+        warm, rounds, enqueue = device_time_call(backend.xp, fn, repeats)
+        return warm, rounds, {"launch_overhead_us": enqueue * 1e6, "timing": "CUDA events"}
+    warm, rounds = time_call(fn, repeats)
+    return warm, rounds, {}
+
+
+def _label(backend: Any) -> str:
+    return backend if isinstance(backend, str) else backend.name
+
+
+def fastnn_names() -> tuple[str, ...]:
+    from ..backends import REGISTRY
+
+    return tuple(REGISTRY)
 
 
 def _torch():
@@ -49,8 +68,9 @@ def matrix(backends: list[str], quick: bool, repeats: int, progress: Progress) -
             workload = f"{n}x{n} {np.dtype(dtype).name}"
             for name in backends:
                 backend = backend_for(name)
-                jobs.append((workload, lambda backend=backend, a=a, b=b: backend.matmul(a, b), 2.0 * n**3,
-                             {"contender": name, "n": n, "dtype": np.dtype(dtype).name}))
+                da, db = backend.asarray(a), backend.asarray(b)
+                jobs.append((workload, lambda backend=backend, a=da, b=db: backend.matmul(a, b), 2.0 * n**3,
+                             {"contender": _label(name), "n": n, "dtype": np.dtype(dtype).name, "backend": backend}))
     for shape_a, shape_b in batched:
         a = rng.standard_normal(shape_a).astype(np.float32)
         b = rng.standard_normal(shape_b or (shape_a[0], shape_a[2], shape_a[1])).astype(np.float32)
@@ -58,7 +78,9 @@ def matrix(backends: list[str], quick: bool, repeats: int, progress: Progress) -
         flops = 2.0 * shape_a[0] * shape_a[1] * shape_a[2] * b.shape[-1]
         for name in backends:
             backend = backend_for(name)
-            jobs.append((workload, lambda backend=backend, a=a, b=b: backend.matmul(a, b), flops, {"contender": name}))
+            da, db = backend.asarray(a), backend.asarray(b)
+            jobs.append((workload, lambda backend=backend, a=da, b=db: backend.matmul(a, b), flops,
+                         {"contender": _label(name), "backend": backend}))
         jobs.append((workload, lambda a=a, b=b: baselines.per_sample_matmul(a, b), flops,
                      {"contender": "per-sample loop"}))
     small = 32 if quick else 64
@@ -80,9 +102,10 @@ def matrix(backends: list[str], quick: bool, repeats: int, progress: Progress) -
             flops = 2.0 * shape_a[0] * shape_a[1] * shape_a[2] * tb.shape[-1]
             jobs.append((workload, lambda ta=ta, tb=tb: torch.matmul(ta, tb), flops, {"contender": "torch"}))
     for workload, fn, flops, info in progress(jobs, "matrix core"):
-        warm, rounds = time_call(fn, repeats)
-        contender = info.pop("contender")
-        results.append(measurement("matrix", workload, contender, "GFLOP/s", flops, rounds, warmup_s=warm, **info))
+        contender, backend = info.pop("contender"), info.pop("backend", None)
+        warm, rounds, timing = _timed(fn, repeats, backend)
+        results.append(measurement("matrix", workload, contender, "GFLOP/s", flops, rounds, warmup_s=warm,
+                                   **info, **timing))
     return results
 
 
@@ -102,15 +125,21 @@ def elementwise(backends: list[str], quick: bool, repeats: int, progress: Progre
     size = z.size * 4
     # minimal bytes each operation must move: inputs read once, outputs written once
     bias_act_bytes, backward_bytes, loss_bytes, copy_bytes = 3 * size, 3 * size, 2 * logits.size * 4, 2 * size
-    jobs: list[tuple[str, Callable[[], Any], float, str]] = []
+    jobs: list[tuple[str, Callable[[], Any], float, Any]] = []
     for name in backends:
-        kernels = backend_for(name).kernels
-        jobs.append(("bias + relu after the GEMM", lambda k=kernels: k.bias_activation(out2, bias, "relu", None, out),
+        backend = backend_for(name)
+        k = backend.kernels
+        d = {key: backend.asarray(value) for key, value in
+             (("z", z), ("bias", bias), ("dy", dy), ("y", y_sig), ("out", out), ("out2", out2), ("logits", logits),
+              ("labels", labels), ("grad", grad))}
+        jobs.append(("bias + relu after the GEMM",
+                     lambda k=k, d=d: k.bias_activation(d["out2"], d["bias"], "relu", None, d["out"]),
                      bias_act_bytes, name))
-        jobs.append(("sigmoid backward", lambda k=kernels: k.backward["sigmoid"](dy, z, y_sig, out, None),
+        jobs.append(("sigmoid backward",
+                     lambda k=k, d=d: k.backward["sigmoid"](d["dy"], d["z"], d["y"], d["out"], None),
                      backward_bytes, name))
         jobs.append(("softmax cross-entropy loss + grad",
-                     lambda k=kernels: k.softmax_cross_entropy(logits, labels, grad), loss_bytes, name))
+                     lambda k=k, d=d: k.softmax_cross_entropy(d["logits"], d["labels"], d["grad"]), loss_bytes, name))
     jobs.append(("bias + relu after the GEMM", lambda: np.maximum(z + bias, 0), bias_act_bytes, "numpy expression"))
     jobs.append(("sigmoid backward", lambda: dy * y_sig * (1 - y_sig), backward_bytes, "numpy expression"))
 
@@ -141,9 +170,10 @@ def elementwise(backends: list[str], quick: bool, repeats: int, progress: Progre
         jobs.append(("softmax cross-entropy loss + grad", torch_ce, loss_bytes, "torch"))
     results = []
     for workload, fn, nbytes, contender in progress(jobs, "elementwise"):
-        warm, rounds = time_call(fn, repeats)
-        results.append(measurement("elementwise", workload, contender, "GB/s", nbytes, rounds, warmup_s=warm,
-                                   shape=list(z.shape if "cross" not in workload else logits.shape)))
+        backend = None if isinstance(contender, str) and contender not in fastnn_names() else backend_for(contender)
+        warm, rounds, timing = _timed(fn, repeats, backend)
+        results.append(measurement("elementwise", workload, _label(contender), "GB/s", nbytes, rounds, warmup_s=warm,
+                                   shape=list(z.shape if "cross" not in workload else logits.shape), **timing))
     return results
 
 
@@ -247,7 +277,7 @@ def training(backends: list[str], quick: bool, repeats: int, progress: Progress)
     for workload, (sizes, X, X_test, y, y_test, epochs) in data.items():
         for name in backends:
             arguments = (sizes, X, X_test, y, y_test, epochs)
-            jobs.append((workload, name, lambda name=name, a=arguments: _fastnn_run(name, *a)))
+            jobs.append((workload, _label(name), lambda name=name, a=arguments: _fastnn_run(name, *a)))
         budget = 4 if quick else (10**9 if sizes[1] <= 128 else 8)
         jobs.append((workload, "lecture loop",
                      lambda a=(sizes, X, X_test, y, y_test, epochs), budget=budget: _lecture_run(*a, budget) + (None,)))

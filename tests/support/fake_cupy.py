@@ -14,6 +14,7 @@ import ctypes
 import re
 import shutil
 import subprocess
+import time
 import types
 from pathlib import Path
 
@@ -82,6 +83,19 @@ class _RawModule:
         return _HostKernel(self.library, name_expression, self.launches)
 
 
+class _Event:
+    """A CUDA event on the host: the stand-in runs every kernel synchronously."""
+
+    def __init__(self) -> None:
+        self.at = None
+
+    def record(self) -> None:
+        self.at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        assert self.at is not None, "synchronize() on an event never recorded"
+
+
 class FakeCupy(types.ModuleType):
     """``import cupy`` as seen by fastnn: NumPy underneath, plus what the backend uses of CuPy."""
 
@@ -97,9 +111,10 @@ class FakeCupy(types.ModuleType):
 
         self.RawModule = raw_module
         self.asnumpy = np.asarray
-        device = types.SimpleNamespace(attributes={"MultiProcessorCount": 2})
+        device = types.SimpleNamespace(attributes={"MultiProcessorCount": 2}, synchronize=lambda: None)
         self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-                                          Device=lambda index=0: device)
+                                          Device=lambda index=0: device, Event=_Event,
+                                          get_elapsed_time=lambda start, stop: (stop.at - start.at) * 1000.0)
 
     def __getattr__(self, name: str):
         return getattr(np, name)
