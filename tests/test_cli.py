@@ -47,3 +47,14 @@ def test_console_script_is_installed():
     result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "info" in result.stdout and "train" in result.stdout
     assert exe is not None, "the fastnn console script is not on PATH (pip install -e . installs it)"
+
+
+def test_warmup_compiles_every_kernel_ahead_of_time(capsys):
+    for name in [n for n, why in fastnn.available_backends().items() if why is None]:
+        assert main(["warmup", "--backend", name]) == 0
+        assert f"backend {name!r}: every kernel is compiled" in capsys.readouterr().out
+    if fastnn.available_backends()["numba"] is None:
+        from fastnn.kernels.numba import elementwise, jit
+
+        assert jit.PARALLEL_MIN_ELEMENTS == 1 << 15  # restored after forcing the parallel builds
+        assert all(len(build.signatures) >= 2 for pair in elementwise.forward.values() for build in pair)
