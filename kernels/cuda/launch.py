@@ -24,6 +24,7 @@ from fastnn.activations import ACTIVATIONS
 from fastnn.backends.base import KernelSet
 
 from .. import kernel_source
+from ..numpy import activations as reference_activations
 
 KERNELS = ("bias_activation", "activation_forward", "activation_backward", "column_sums", "softmax_xent_labels",
            "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam")
@@ -207,24 +208,12 @@ def kernel_set(cupy: Any) -> KernelSet:
                         t(beta2), t(eps), t(l2), t(decay)))
         return param
 
-    def softmax(z, out):
-        shifted = z - z.max(axis=-1, keepdims=True)
-        cp.exp(shifted, out=out)
-        out /= out.sum(axis=-1, keepdims=True)
-        return out
-
-    def softmax_backward(dy, y, out):
-        cp.multiply(dy, y, out=out)
-        dot = out.sum(axis=-1, keepdims=True)
-        cp.subtract(dy, dot, out=out)
-        out *= y
-        return out
-
     return KernelSet(
         forward={name: forward_entry(name) for name in ACTIVATIONS},
         backward={name: backward_entry(name) for name in ACTIVATIONS},
-        softmax=softmax,
-        softmax_backward=softmax_backward,
+        # NumPy's ufuncs dispatch to CuPy for CuPy arrays: the reference softmax serves as it is
+        softmax=reference_activations.softmax,
+        softmax_backward=reference_activations.softmax_backward,
         matmul=lambda a, b, out=None: cp.matmul(a, b, out=out),
         bias_add=lambda x, bias, out: cp.add(x, bias, out=out),
         bias_activation=bias_activation,
