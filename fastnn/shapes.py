@@ -39,6 +39,3 @@ def matmul_result_shape(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> t
         result.append(b[-1])
     return tuple(result)
 
-
-def describe(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -30,6 +30,3 @@ class Workspace:
         elif len(slots) > 1:
             slots.move_to_end(key)
         return found
-
-    def clear(self) -> None:
-        self._slots.clear()
