@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .jit import serial_and_parallel
+from .jit import SOURCE_STAMP, serial_and_parallel
 from .scalar import fast_exp, like, sigmoid, softplus
 
 
@@ -135,6 +135,7 @@ def _mse(p, t, grad, inv_n):
 
 _FAST = {"fastmath": {"reassoc", "contract"}}
 row_max = njit(inline="always", cache=True)(_row_max)
+_row_exp.__qualname__ = f"_row_exp_{SOURCE_STAMP}"  # calls fast_exp from scalar.py: see SOURCE_STAMP
 row_exp = njit(cache=True, error_model="numpy", **_FAST)(_row_exp)
 softmax_xent_labels = serial_and_parallel(_softmax_xent_labels, **_FAST)
 softmax_xent_probs = serial_and_parallel(_softmax_xent_probs, **_FAST)
