@@ -116,7 +116,8 @@ def chart(report: dict[str, Any], path: str) -> str:
     axis.set_xlabel("n (n x n matrices)")
     axis.set_ylabel("GFLOP/s")
     axis.set_title("matrix core")
-    axis.legend(fontsize=7)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7)
     for axis, section, unit in ((axes[1], "elementwise", "GB/s"), (axes[2], "training", "samples/s")):
         picked = [r for r in rows if r["section"] == section]
         workloads = list(dict.fromkeys(r["workload"] for r in picked))
@@ -133,7 +134,8 @@ def chart(report: dict[str, Any], path: str) -> str:
         if section == "training":
             axis.set_yscale("log")
         axis.set_title(section)
-        axis.legend(fontsize=7)
+        if contenders:
+            axis.legend(fontsize=7)
     fig.suptitle(f"fastnn bench on {report['machine']['cpu']} ({report['machine']['cores']} cores)")
     fig.tight_layout()
     return _save(fig, path)

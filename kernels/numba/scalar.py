@@ -47,7 +47,7 @@ def fast_exp(x):
     return math.exp(x)
 
 
-@overload(fast_exp, inline="always")
+@overload(fast_exp)
 def _fast_exp(x):
     if x == types.float32:
         return _exp32
