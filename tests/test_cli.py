@@ -56,5 +56,5 @@ def test_warmup_compiles_every_kernel_ahead_of_time(capsys):
     if fastnn.available_backends()["numba"] is None:
         from fastnn.kernels.numba import elementwise, jit
 
-        assert jit.PARALLEL_MIN_ELEMENTS == 1 << 15  # restored after forcing the parallel builds
+        assert jit.PARALLEL_MIN_ELEMENTS == 1 << 17  # restored after forcing the parallel builds
         assert all(len(build.signatures) >= 2 for pair in elementwise.forward.values() for build in pair)

@@ -11,9 +11,10 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
-# Below this many elements a parallel launch (thread wake-up, ~1.5 us here) costs more than it
-# saves; measured on the project's 2-core machines with benchmarks/test_numba_kernels.py.
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Below this many elements a parallel launch (waking the workers, ~2 us here) costs more than it
+# saves: `python benchmarks/crossover.py` on the project's 2-core machines had serial winning at
+# 65,536 elements (4.0 vs 5.3 us) and parallel from 131,072 (8.1 vs 14.2 us).
+PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 def _source_stamp() -> str:

@@ -26,9 +26,10 @@ if tuple(ACTIVATIONS) != CODES:  # the JIT switch relies on this order
     raise ImportError(f"numba activation codes {CODES} are out of step with {tuple(ACTIVATIONS)}")
 
 # A batched product runs in the JIT kernel while one matrix product is at most this many
-# multiply-adds (m * k * n); larger ones amortise BLAS's per-call cost. Measured crossover:
-# benchmarks/test_numba_kernels.py::test_batched_matmul_crossover.
-SMALL_MATMUL_MACS = 16 * 16 * 16
+# multiply-adds (m * k * n); larger ones amortise BLAS's per-call cost. `python
+# benchmarks/crossover.py` (16M multiply-adds in all): the JIT kernel 2.2x faster at 32^3, 1.4x
+# at 48^3, 9x slower at 64^3 (too large to unroll well); 32^3 keeps a margin and compile times low.
+SMALL_MATMUL_MACS = 32 * 32 * 32
 
 
 def _contiguous(*arrays) -> bool:
