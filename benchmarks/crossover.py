@@ -13,6 +13,7 @@ The constants in kernels/numba/jit.py (PARALLEL_MIN_ELEMENTS) and kernels/numba/
 
 from __future__ import annotations
 
+import functools
 import timeit
 
 import numpy as np
@@ -28,15 +29,15 @@ def _best(fn, number):
 def parallel_crossover() -> int | None:
     print("elementwise (sigmoid backward, float32): serial vs parallel build")
     serial, parallel = elementwise.backward["sigmoid"]
+    rng = np.random.default_rng(0)
     first = None
     for power in range(10, 23):
         n = 1 << power
-        dy, z = np.random.rand(n).astype(np.float32), np.random.rand(n).astype(np.float32)
-        out = np.empty_like(z)
-        alpha = np.float32(0)
+        dy, z = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
+        args = (dy, z, z, np.empty_like(z), np.float32(0))
         number = max(10, 2_000_000 // n)
-        t_serial = _best(lambda: serial(dy, z, z, out, alpha), number)
-        t_parallel = _best(lambda: parallel(dy, z, z, out, alpha), number)
+        t_serial = _best(functools.partial(serial, *args), number)
+        t_parallel = _best(functools.partial(parallel, *args), number)
         wins = t_parallel < t_serial
         first = first if first is not None or not wins else n
         print(f"  {n:>9,} elements  serial {t_serial * 1e6:9.1f} us  parallel {t_parallel * 1e6:9.1f} us"
@@ -46,15 +47,16 @@ def parallel_crossover() -> int | None:
 
 def matmul_crossover(total_macs: int = 1 << 24) -> int | None:
     print(f"batched matmul, float32, {total_macs:,} multiply-adds in all: JIT kernel vs NumPy")
+    rng = np.random.default_rng(1)
     last_jit = None
     for size in (2, 4, 8, 12, 16, 24, 32, 48, 64):
         batch = max(1, total_macs // size**3)
-        a = np.random.rand(batch, size, size).astype(np.float32)
-        b = np.random.rand(batch, size, size).astype(np.float32)
+        a = rng.random((batch, size, size), dtype=np.float32)
+        b = rng.random((batch, size, size), dtype=np.float32)
         out = np.empty_like(a)
-        serial, parallel = matmul.batched_matmul(size, size, size)
-        t_jit = _best(lambda: parallel(a, b, out), 5)
-        t_numpy = _best(lambda: np.matmul(a, b, out=out), 5)
+        _, parallel = matmul.batched_matmul(size, size, size)
+        t_jit = _best(functools.partial(parallel, a, b, out), 5)
+        t_numpy = _best(functools.partial(np.matmul, a, b, out=out), 5)
         if t_jit < t_numpy:
             last_jit = size**3
         print(f"  {size:>3}x{size:<3} x {batch:>7,}  jit {t_jit * 1e3:8.2f} ms  numpy {t_numpy * 1e3:8.2f} ms"
