@@ -208,6 +208,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
     X, target = prepare(network, X, y, loss)
+    if X.shape[0] == 0:
+        raise ValueError(f"fit needs at least one sample; X has shape {X.shape}")
     validation = None
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):

@@ -27,6 +27,12 @@ def test_x_y_length_mismatch(digits_net):
         digits_net.fit(np.zeros((10, 64)), np.zeros(9, int), "cross_entropy", progress=False)
 
 
+def test_empty_training_set(digits_net):
+    with pytest.raises(ValueError, match=r"at least one sample; X has shape \(0, 64\)"):
+        digits_net.fit(np.zeros((0, 64)), np.zeros(0, int), "cross_entropy", progress=False)
+    assert np.isnan(digits_net.evaluate(np.zeros((0, 64)), np.zeros(0, int), loss="cross_entropy")["loss"])
+
+
 def test_labels_out_of_range(digits_net):
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 10\), got values from 0 to 10"):
         digits_net.fit(np.zeros((3, 64)), np.array([0, 5, 10]), "cross_entropy", progress=False)
