@@ -261,7 +261,13 @@ def _activation_layer(class_name: str, name: str, doc: str) -> type[Activation]:
             Activation.__init__(self, name, None, dtype, backend)
     else:
         def __init__(self, alpha: float = spec.alpha_default, dtype: Any = np.float32,
-                     backend: Backend | str | None = None) -> None:
+                     backend: Backend | str | None = None, **named: float) -> None:
+            # the parameter may also be passed by its PyTorch name (negative_slope=, alpha=)
+            if named:
+                if set(named) != {spec.alpha_name}:
+                    raise TypeError(f"{class_name}() got unexpected keyword arguments {sorted(named)}; "
+                                    f"its parameter is {spec.alpha_name!r}")
+                alpha = named[spec.alpha_name]
             Activation.__init__(self, name, alpha, dtype, backend)
 
     return type(class_name, (Activation,), {"__init__": __init__, "__doc__": doc,

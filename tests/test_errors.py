@@ -110,3 +110,10 @@ def test_network_structure_errors():
     layer.forward(np.zeros((4, 2)))
     with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(4, 3\), got \(4, 2\)"):
         layer.backward(np.zeros((4, 2)))
+
+
+def test_activation_layer_parameters_by_position_or_pytorch_name():
+    assert fastnn.LeakyReLU(0.2).alpha == fastnn.LeakyReLU(negative_slope=0.2).alpha == 0.2
+    assert fastnn.ELU(alpha=0.5).alpha == 0.5
+    with pytest.raises(TypeError, match="its parameter is 'negative_slope'"):
+        fastnn.LeakyReLU(slope=0.2)
