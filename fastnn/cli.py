@@ -127,42 +127,31 @@ def _plots(args: argparse.Namespace, net: Network, history: Any, X_test: Any, y_
 
 
 def warmup(args: argparse.Namespace) -> int:
-    """Run every kernel of the backend once per dtype (and, for Numba, in its serial and parallel
-    builds), so that compilation happens now rather than inside the first training step."""
+    """Run every kernel of the backend once per dtype in each of its builds, so that compilation
+    happens now rather than inside the first training step."""
     from .activations import ACTIVATIONS
     from .backends import backend_for
 
     backend = backend_for(args.backend)
     started = time.perf_counter()
-    numba_jit = None
-    if backend.name == "numba":
-        from .kernels.numba import jit as numba_jit
-    thresholds = [numba_jit.PARALLEL_MIN_ELEMENTS, 0] if numba_jit else [None]
-    try:
-        for threshold in thresholds:
-            if threshold is not None:
-                numba_jit.PARALLEL_MIN_ELEMENTS = threshold
-            for dtype in (np.float32, np.float64):
-                x = backend.asarray(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6))
-                w = backend.asarray(np.ones((3, 6), dtype=dtype))
-                b = backend.asarray(np.zeros(3, dtype=dtype))
-                for name in ACTIVATIONS:
-                    z, y = backend.linear_forward(x, w, b, name)
-                    backend.activation_backward(name, y, z, y)
-                    backend.activation(name, x)
-                backend.linear_backward(x, w, z)
-                labels = backend.asarray(np.array([0, 1, 2, 0]))
-                backend.softmax_cross_entropy(z, labels)
-                backend.softmax_cross_entropy(z, backend.asarray(np.full((4, 3), 1 / 3, dtype=dtype)))
-                probs = backend.asarray(np.full((4, 3), 0.5, dtype=dtype))
-                for loss in ("mse", "bce", "bce_with_logits"):
-                    getattr(backend, loss)(probs, probs)
-                flat = [backend.asarray(np.zeros(8, dtype=dtype)) for _ in range(6)]
-                backend.sgd_update(*flat[:4], lr=0.1, momentum=0.9)
-                backend.adam_update(*flat, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
-    finally:
-        if numba_jit is not None:
-            numba_jit.PARALLEL_MIN_ELEMENTS = thresholds[0]
+    for _ in backend.kernel_builds():
+        for dtype in (np.float32, np.float64):
+            x = backend.asarray(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6))
+            w = backend.asarray(np.ones((3, 6), dtype=dtype))
+            b = backend.asarray(np.zeros(3, dtype=dtype))
+            for name in ACTIVATIONS:
+                z, y = backend.linear_forward(x, w, b, name)
+                backend.activation_backward(name, y, z, y)
+                backend.activation(name, x)
+            backend.linear_backward(x, w, z)
+            backend.softmax_cross_entropy(z, backend.asarray(np.array([0, 1, 2, 0])))
+            backend.softmax_cross_entropy(z, backend.asarray(np.full((4, 3), 1 / 3, dtype=dtype)))
+            probs = backend.asarray(np.full((4, 3), 0.5, dtype=dtype))
+            for loss in ("mse", "bce", "bce_with_logits"):
+                getattr(backend, loss)(probs, probs)
+            flat = [backend.asarray(np.zeros(8, dtype=dtype)) for _ in range(6)]
+            backend.sgd_update(*flat[:4], lr=0.1, momentum=0.9)
+            backend.adam_update(*flat, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
     print(f"backend {backend.name!r}: every kernel is compiled or loaded from the cache "
           f"({time.perf_counter() - started:.1f} s)")
     return 0

@@ -25,7 +25,8 @@ def _nvcc():
     if nvcc is None:
         if os.environ.get("CI"):
             pytest.fail("nvcc is not installed: CI must compile the CUDA kernels (it is on the project's machines)")
-        pytest.skip("nvcc is not installed here; CI, which has it, compiles the kernels")
+        pytest.skip("nvcc (the CUDA compiler) is not installed, so the kernels cannot be compiled here; "
+                    "CI has it and fails instead of skipping")
     return nvcc
 
 

@@ -18,7 +18,7 @@ Conventions (all backends, checked by ``tests/test_conformance.py``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -96,6 +96,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"
+
+    def kernel_builds(self) -> Iterator[str]:
+        """Iterate over every build of the kernels a call can select (a JIT backend compiles one
+        per build); ``fastnn warmup`` runs the kernels once inside each."""
+        yield "default"
 
     # --- arrays --------------------------------------------------------------------------------
 

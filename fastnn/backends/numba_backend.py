@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from .numpy_backend import NumpyBackend
 
 
@@ -14,3 +16,16 @@ class NumbaBackend(NumpyBackend):
         from ..kernels.numba.kernelset import NUMBA_KERNELS
 
         self.kernels = NUMBA_KERNELS
+
+    def kernel_builds(self) -> Iterator[str]:
+        """The serial builds (what small arrays use), then the parallel ones (forced by setting
+        the size threshold to 0 for the duration)."""
+        from ..kernels.numba import jit
+
+        threshold = jit.PARALLEL_MIN_ELEMENTS
+        try:
+            yield "serial"
+            jit.PARALLEL_MIN_ELEMENTS = 0
+            yield "parallel"
+        finally:
+            jit.PARALLEL_MIN_ELEMENTS = threshold
