@@ -30,6 +30,13 @@ def _source_stamp() -> str:
 SOURCE_STAMP = _source_stamp()
 
 
+def stamped(fn):
+    """``fn`` named after ``SOURCE_STAMP`` (put it under ``@njit(cache=True)``): its cache entry
+    then changes with any kernel source, not only with its own file."""
+    fn.__qualname__ = f"{fn.__qualname__}_{SOURCE_STAMP}"
+    return fn
+
+
 def serial_and_parallel(fn, suffix: str = "", **options):
     """Two cached builds of ``fn``: plain, and ``parallel=True`` (where ``prange`` splits the
     loop across threads).

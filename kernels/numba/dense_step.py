@@ -1,0 +1,352 @@
+"""Whole training steps for a stack of dense layers in one JIT call.
+
+The per-kernel path makes ~25 Python-level calls per step (8 GEMMs, bias+activation, activation
+backward, bias gradients, loss, optimizer, guard), which cost as much as the arithmetic on a
+small network (`python benchmarks/step_anatomy.py`). Here a chunk of mini-batches runs inside
+one call: gather, forward (GEMM via NumPy's own OpenBLAS, called from the kernel, then the fused
+bias+activation pass), softmax cross-entropy, backward, the gradient reduction, the NaN/inf
+guard and the optimizer update.
+
+Each batch is split into one row block per thread (``prange``): every thread runs the whole
+forward and backward on its rows with single-threaded GEMMs and writes its own weight
+gradients; the blocks' gradients are then summed in a fixed order. On these small shapes that
+keeps both cores busy for the entire step, where OpenBLAS's own threading syncs once per GEMM.
+Results match the per-kernel path to rounding (the batch sum is split in two), and are
+reproducible for a given thread count.
+
+Layer table ``layers`` (int64, one row per layer), offsets in elements:
+``[in, out, activation code, weight offset, bias offset or -1, z offset, y offset, dz offset]``
+(weights and biases in the flat parameter buffer; z, y, dz in a thread's row of ``work``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
+
+from .blas import NO_TRANS, ROW_MAJOR, TRANS
+from .jit import stamped
+from .losses import row_exp
+from .optimizers import adam, sgd
+from .scalar import (
+    ELU,
+    GELU,
+    GELU_TANH,
+    IDENTITY,
+    LEAKY_RELU,
+    RELU,
+    SIGMOID,
+    SILU,
+    SOFTPLUS,
+    TANH,
+    activation,
+    activation_backward,
+    like,
+)
+
+# Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
+OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
+# Optimizer rules (fastnn.optimizers: Optimizer.fused_rule).
+RULES = {"sgd": 0, "adam": 1}
+_SGD, _ADAM = 0, 1
+# Below this many parameters the gradient sum and the update run on one thread.
+_PARALLEL_PARAMS = 1 << 17
+
+_FLAGS = {"cache": True, "error_model": "numpy", "boundscheck": False}
+sgd_serial, sgd_parallel = sgd
+adam_serial, adam_parallel = adam
+
+
+def _gemm_intrinsic(int_bits: int):
+    """``gemm(address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)``:
+    an indirect call to a cblas_?gemm at ``address`` (pointers passed as integers). Taking the
+    address as an argument, not a ctypes global, keeps the kernels cacheable on disk."""
+
+    @intrinsic
+    def gemm(typingctx, address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        sig = types.void(address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, signature, args):
+            i32, blas_int, ptr = ir.IntType(32), ir.IntType(int_bits), ir.IntType(8).as_pointer()
+            scalar = context.get_value_type(signature.args[7])
+            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, blas_int, blas_int, blas_int, scalar, ptr,
+                                                   blas_int, ptr, blas_int, scalar, ptr, blas_int])
+            address, order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
+
+            def integer(value, width):
+                return builder.trunc(value, width) if width.width < value.type.width else value
+
+            callee = builder.inttoptr(address, fnty.as_pointer())
+            builder.call(callee, [integer(order, i32), integer(ta, i32), integer(tb, i32),
+                                  integer(m, blas_int), integer(n, blas_int), integer(k, blas_int), alpha,
+                                  builder.inttoptr(a, ptr), integer(lda, blas_int), builder.inttoptr(b, ptr),
+                                  integer(ldb, blas_int), beta, builder.inttoptr(c, ptr), integer(ldc, blas_int)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm
+
+
+_gemm64 = _gemm_intrinsic(64)
+_gemm32 = _gemm_intrinsic(32)
+
+
+@njit(inline="always", **_FLAGS)
+@stamped
+def _gemm(address, ilp64, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, one):
+    """c = op(a) @ op(b) (row-major; a, b, c given by address), beta 0."""
+    zero = one - one
+    if ilp64:
+        _gemm64(address, ROW_MAJOR, trans_a, trans_b, m, n, k, one, a, lda, b, ldb, zero, c, ldc)
+    else:
+        _gemm32(address, ROW_MAJOR, trans_a, trans_b, m, n, k, one, a, lda, b, ldb, zero, c, ldc)
+
+
+# --- per-layer elementwise passes, one specialised loop per activation ----------------------------
+
+
+@njit(inline="always", **_FLAGS)
+@stamped
+def _bias_act_loop(code, z, bias, y, alpha):
+    rows, cols = z.shape
+    for i in range(rows):
+        for j in range(cols):
+            v = z[i, j] + bias[j]
+            z[i, j] = v
+            y[i, j] = activation(code, v, alpha)
+
+
+@njit(inline="always", **_FLAGS)
+@stamped
+def _backward_loop(code, dz, z, y, alpha):
+    rows, cols = z.shape
+    for i in range(rows):
+        for j in range(cols):
+            dz[i, j] = activation_backward(code, dz[i, j], z[i, j], y[i, j], alpha)
+
+
+@njit(**_FLAGS)
+@stamped
+def bias_activation(code, z, bias, y, alpha):
+    """z += bias, y = g(z). The code is tested once, outside the loops: a run-time code inside
+    the element loop would keep it from vectorising."""
+    if code == RELU:
+        _bias_act_loop(RELU, z, bias, y, alpha)
+    elif code == LEAKY_RELU:
+        _bias_act_loop(LEAKY_RELU, z, bias, y, alpha)
+    elif code == SIGMOID:
+        _bias_act_loop(SIGMOID, z, bias, y, alpha)
+    elif code == TANH:
+        _bias_act_loop(TANH, z, bias, y, alpha)
+    elif code == GELU:
+        _bias_act_loop(GELU, z, bias, y, alpha)
+    elif code == GELU_TANH:
+        _bias_act_loop(GELU_TANH, z, bias, y, alpha)
+    elif code == SILU:
+        _bias_act_loop(SILU, z, bias, y, alpha)
+    elif code == SOFTPLUS:
+        _bias_act_loop(SOFTPLUS, z, bias, y, alpha)
+    elif code == ELU:
+        _bias_act_loop(ELU, z, bias, y, alpha)
+    else:
+        _bias_act_loop(IDENTITY, z, bias, y, alpha)
+
+
+@njit(**_FLAGS)
+@stamped
+def activation_backward_inplace(code, dz, z, y, alpha):
+    """dz = dz * g'(z) in place (dz holds dL/dy on entry)."""
+    if code == RELU:
+        _backward_loop(RELU, dz, z, y, alpha)
+    elif code == LEAKY_RELU:
+        _backward_loop(LEAKY_RELU, dz, z, y, alpha)
+    elif code == SIGMOID:
+        _backward_loop(SIGMOID, dz, z, y, alpha)
+    elif code == TANH:
+        _backward_loop(TANH, dz, z, y, alpha)
+    elif code == GELU:
+        _backward_loop(GELU, dz, z, y, alpha)
+    elif code == GELU_TANH:
+        _backward_loop(GELU_TANH, dz, z, y, alpha)
+    elif code == SILU:
+        _backward_loop(SILU, dz, z, y, alpha)
+    elif code == SOFTPLUS:
+        _backward_loop(SOFTPLUS, dz, z, y, alpha)
+    elif code == ELU:
+        _backward_loop(ELU, dz, z, y, alpha)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"reassoc"})
+@stamped
+def all_finite(x):
+    """True if no element of the non-empty ``x`` is NaN or inf: sum(x * 0) is then exactly 0,
+    otherwise NaN, and it cannot overflow. ``reassoc`` lets the sum vectorise; no flag assumes
+    NaN or inf away."""
+    total = x[0] * 0
+    for i in range(1, x.size):
+        total += x[i] * 0
+    return total == 0
+
+
+@njit(**_FLAGS)
+@stamped
+def _view(buffer, offset, rows, cols):
+    return buffer[offset:offset + rows * cols].reshape((rows, cols))
+
+
+# --- one row block: forward, loss, backward -------------------------------------------------------
+
+
+@njit(**_FLAGS)
+@stamped
+def _rows_forward_backward(X, labels, idx, params, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n):
+    """Forward and backward for the samples ``idx`` (one thread's rows), weight and bias
+    gradients of their share of the batch mean into ``grads``. Returns (loss sum, correct)."""
+    rows = idx.size
+    n_layers = layers.shape[0]
+    one = like(work[0], 1.0)
+    itemsize = work.itemsize
+    x = _view(work, 0, rows, layers[0, 0])
+    for r in range(rows):
+        x[r, :] = X[idx[r]]
+    a = x
+    for layer in range(n_layers):
+        n_in, n_out, code, w_off, b_off, z_off, y_off = layers[layer, :7]
+        z = _view(work, z_off, rows, n_out)
+        y = _view(work, y_off, rows, n_out)
+        _gemm(gemm, ilp64, NO_TRANS, TRANS, rows, n_out, n_in, a.ctypes.data, n_in,
+              params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
+        bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
+        bias_activation(code, z, bias, y, alphas[layer])
+        a = y
+
+    # softmax cross-entropy on the last layer's output, mean over the whole batch
+    last = n_layers - 1
+    classes = layers[last, 1]
+    logits = a
+    dy = _view(work, layers[last, 7], rows, classes)
+    loss = 0.0
+    correct = 0
+    for r in range(rows):
+        top, total = row_exp(logits, dy, r)
+        scale = inv_n / like(inv_n, total)
+        for j in range(classes):
+            dy[r, j] *= scale
+        label = labels[idx[r]]
+        dy[r, label] -= inv_n
+        loss += np.float64(top) + math.log(total) - np.float64(logits[r, label])
+        best = 0
+        for j in range(1, classes):
+            if logits[r, j] > logits[r, best]:
+                best = j
+        correct += best == label
+
+    for layer in range(last, -1, -1):
+        n_in, n_out, code, w_off, b_off, z_off, y_off, d_off = layers[layer]
+        z = _view(work, z_off, rows, n_out)
+        y = _view(work, y_off, rows, n_out)
+        dz = _view(work, d_off, rows, n_out)
+        activation_backward_inplace(code, dz, z, y, alphas[layer])
+        a_prev = x if layer == 0 else _view(work, layers[layer - 1, 6], rows, n_in)
+        _gemm(gemm, ilp64, TRANS, NO_TRANS, n_out, n_in, rows, dz.ctypes.data, n_out, a_prev.ctypes.data, n_in,
+              grads.ctypes.data + w_off * itemsize, n_in, one)
+        if b_off >= 0:
+            db = grads[b_off:b_off + n_out]
+            db[:] = 0
+            for r in range(rows):
+                for j in range(n_out):
+                    db[j] += dz[r, j]
+        if layer > 0:
+            da = _view(work, layers[layer - 1, 7], rows, n_in)
+            _gemm(gemm, ilp64, NO_TRANS, NO_TRANS, rows, n_in, n_out, dz.ctypes.data, n_out,
+                  params.ctypes.data + w_off * itemsize, n_in, da.ctypes.data, n_in, one)
+    return loss, correct
+
+
+@njit(**_FLAGS)
+@stamped
+def _update(rule, hyper, params, grads, state1, state2, step):
+    """One optimizer step with PyTorch's rules (the same kernels as ``Optimizer.step``)."""
+    big = params.size >= _PARALLEL_PARAMS
+    if rule == _SGD:
+        lr, momentum, nesterov, weight_decay = hyper[0], hyper[1], hyper[2] != 0.0, hyper[3]
+        if big:
+            sgd_parallel(params, grads, state1, lr, momentum, nesterov, weight_decay, step == 1)
+        else:
+            sgd_serial(params, grads, state1, lr, momentum, nesterov, weight_decay, step == 1)
+    else:
+        lr, beta1, beta2, eps, weight_decay, decoupled = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+        t = np.float64(step)
+        step_size = lr / (1.0 - beta1 ** t)
+        bias_correction2_sqrt = (1.0 - beta2 ** t) ** 0.5
+        l2 = 0.0 if decoupled != 0.0 else weight_decay
+        decay = 1.0 - lr * weight_decay if decoupled != 0.0 else 1.0
+        if big:
+            adam_parallel(params, grads, state1, state2, step_size, bias_correction2_sqrt, beta1, beta2, eps, l2, decay)
+        else:
+            adam_serial(params, grads, state1, state2, step_size, bias_correction2_sqrt, beta1, beta2, eps, l2, decay)
+
+
+@njit(parallel=True, **_FLAGS)
+@stamped
+def train_batches(X, labels, order, first, count, batch_size, params, grads, partial, work, layers, alphas,
+                  nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
+                  status):
+    """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
+
+    Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
+    non-finite loss, gradient or update with ``status = [done, code, batch]``, the parameters
+    left as they were before that batch (``snapshot`` holds them too)."""
+    n = order.size
+    threads = work.shape[0]
+    status[0], status[1], status[2] = 0, OK, 0
+    for batch in range(first, first + count):
+        start = batch * batch_size
+        stop = min(start + batch_size, n)
+        rows = stop - start
+        block = (rows + threads - 1) // threads
+        blocks = (rows + block - 1) // block
+        inv_n = like(work[0, 0], 1.0 / rows)
+        loss = 0.0
+        correct = 0
+        for t in prange(blocks):
+            lo = start + t * block
+            hi = min(lo + block, stop)
+            target = grads if t == 0 else partial[t - 1]
+            block_loss, block_correct = _rows_forward_backward(X, labels, order[lo:hi], params, target, work[t],
+                                                               layers, alphas, nobias, gemm, ilp64, inv_n)
+            loss += block_loss
+            correct += block_correct
+        for t in range(1, blocks):  # fixed order: the same sums for the same thread count
+            source = partial[t - 1]
+            if params.size >= _PARALLEL_PARAMS:
+                for i in prange(params.size):
+                    grads[i] += source[i]
+            else:
+                for i in range(params.size):
+                    grads[i] += source[i]
+        loss /= rows
+        batch_losses[batch] = loss
+        batch_correct[batch] = correct
+        code = OK
+        if not math.isfinite(loss):
+            code = LOSS_NOT_FINITE
+        elif not all_finite(grads):
+            code = GRAD_NOT_FINITE
+        else:
+            snapshot[:] = params
+            _update(rule, hyper, params, grads, state1, state2, step + batch - first + 1)
+            if not all_finite(params):
+                params[:] = snapshot
+                code = UPDATE_NOT_FINITE
+        if code != OK:
+            snapshot[:] = params
+            status[1], status[2] = code, batch
+            return
+        status[0] += 1

@@ -1,0 +1,74 @@
+"""The Numba backend's ``dense_trainer``: buffers and BLAS threads around ``dense_step``."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import blas as _blas
+from . import dense_step
+from .scalar import CODES
+
+FAILURES = {dense_step.LOSS_NOT_FINITE: "loss", dense_step.GRAD_NOT_FINITE: "gradient",
+            dense_step.UPDATE_NOT_FINITE: "update"}
+
+
+class DenseTrainer:
+    """Trains one ``fastnn.dense_plan.DensePlan`` network: ``run`` does a chunk of batches.
+
+    Each of ``threads`` row blocks gets its own workspace row (gathered inputs, then z, y and dz
+    per layer, each ``block_rows`` long) and, but the first, its own gradient buffer."""
+
+    def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
+        self.params = params
+        self.blas = blas
+        self.threads = max(1, min(numba.get_num_threads(), batch_size // 16))
+        block_rows = -(-batch_size // self.threads)
+        table, offset = [], block_rows * plan.layers[0].in_features
+        for layer in plan.layers:
+            size = block_rows * layer.out_features
+            table.append([layer.in_features, layer.out_features, CODES.index(layer.activation),
+                          layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
+                          offset, offset + size, offset + 2 * size])
+            offset += 3 * size
+        self.layers = np.array(table, np.int64)
+        self.alphas = np.array([0.0 if layer.alpha is None else layer.alpha for layer in plan.layers], plan.dtype)
+        self.nobias = np.zeros(max(layer.out_features for layer in plan.layers), plan.dtype)
+        self.work = backend.empty((self.threads, offset), plan.dtype)
+        self.partial = backend.zeros((max(self.threads - 1, 1), params.size), plan.dtype)  # padding stays 0
+        gemm = blas.sgemm if plan.dtype == np.float32 else blas.dgemm
+        self.gemm = ctypes.cast(gemm, ctypes.c_void_p).value  # the kernel calls it by address
+        self.ilp64 = blas.ilp64
+        self.status = np.zeros(3, np.int64)
+
+    def __enter__(self) -> DenseTrainer:
+        """For the whole of a training run: BLAS on one thread, since each row block calls GEMM
+        from its own thread. Set once, not per call: raising OpenBLAS's thread count again
+        wakes its workers, which then spin beside the kernel's threads (measured: 1.25M ->
+        0.78M samples/s on digits when it was restored after every chunk)."""
+        self._previous_blas_threads = self.blas.get_num_threads()
+        if self.threads > 1:
+            self.blas.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.blas.set_num_threads(self._previous_blas_threads)
+
+    def run(self, X: np.ndarray, labels: np.ndarray, order: np.ndarray, first: int, count: int,
+            batch_size: int, optimizer: Any, state: dict[str, np.ndarray], grads: np.ndarray,
+            snapshot: np.ndarray, batch_losses: np.ndarray, batch_correct: np.ndarray) -> tuple[int, str | None, int]:
+        """Batches ``first .. first + count - 1``: ``(done, failure or None, failing batch)``; a
+        failure ("loss", "gradient", "update") leaves the parameters as before that batch."""
+        hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
+        rule = dense_step.RULES[optimizer.fused_rule]
+        first_state, second_state = (state[name] for name in optimizer.fused_state)
+        dense_step.train_batches(X, labels, order, first, count, batch_size, self.params, grads, self.partial,
+                                 self.work, self.layers, self.alphas, self.nobias, self.gemm, self.ilp64,
+                                 rule, hyper, first_state, second_state, optimizer.steps, snapshot,
+                                 batch_losses, batch_correct, self.status)
+        done, code, batch = (int(v) for v in self.status)
+        optimizer.steps += done
+        return done, FAILURES.get(code), batch
