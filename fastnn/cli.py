@@ -152,6 +152,18 @@ def warmup(args: argparse.Namespace) -> int:
             flat = [backend.asarray(np.zeros(8, dtype=dtype)) for _ in range(6)]
             backend.sgd_update(*flat[:4], lr=0.1, momentum=0.9)
             backend.adam_update(*flat, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    # a short fit per dtype and optimizer rule: a backend that runs whole steps in one kernel
+    # (numba's dense_trainer) compiles that kernel too
+    from . import Linear, Network
+    from .optimizers import SGD, Adam
+
+    labels = np.array([0, 1, 2, 0])
+    for dtype in (np.float32, np.float64):
+        for optimizer in (SGD(0.1), Adam(0.01)):
+            net = Network([Linear(6, 3, "relu", dtype=dtype, backend=backend),
+                           Linear(3, 3, dtype=dtype, backend=backend)])
+            net.fit(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6), labels, "cross_entropy", optimizer,
+                    epochs=1, batch_size=4, progress=False)
     print(f"backend {backend.name!r}: every kernel is compiled or loaded from the cache "
           f"({time.perf_counter() - started:.1f} s)")
     return 0

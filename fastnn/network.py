@@ -28,6 +28,7 @@ class Network:
     def __init__(self, layers: Iterable[Layer] | None = None) -> None:
         self.layers: list[Layer] = []
         self._flat: tuple[Any, Any] | None = None
+        self._offsets: dict[tuple[int, str], int] = {}
         self.loss: Loss | None = None  # the loss of the last ``fit``, used by ``evaluate``
         for layer in layers or ():
             self.add(layer)
@@ -103,11 +104,18 @@ class Network:
             self._flat = self._pack()
         return self._flat
 
+    def parameter_offsets(self) -> dict[tuple[int, str], int]:
+        """``{(layer index, parameter name): offset}`` of each parameter in the flat buffers."""
+        self.flat_parameters()
+        return dict(self._offsets)
+
     def _pack(self) -> tuple[Any, Any]:
         slots, total = [], 0
-        for layer in self.layers:
+        self._offsets = {}
+        for index, layer in enumerate(self.layers):
             for name, value in layer.params.items():
                 slots.append((layer, name, total, value.shape))
+                self._offsets[index, name] = total
                 total += -(-value.size // _ALIGN) * _ALIGN
         flat_params = self.backend.zeros(total, self.dtype)
         flat_grads = self.backend.zeros(total, self.dtype)

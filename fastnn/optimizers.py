@@ -33,15 +33,30 @@ class Optimizer:
 
     def step(self, network: Any) -> None:
         param, grad = network.flat_parameters()
+        self.bind(network)
+        self.steps += 1
+        self._update(network.backend, param, grad, self._state)
+
+    def bind(self, network: Any) -> dict[str, Any]:
+        """The state buffers for ``network``'s parameters (fresh, with the step count reset, if
+        this optimizer last updated other parameters)."""
+        param, _ = network.flat_parameters()
         if self._owner is not param:
             backend = network.backend
             self._state = {name: backend.zeros(param.shape, param.dtype) for name in self._buffers}
             self._owner, self._backend = param, backend
             self.steps = 0
-        self.steps += 1
-        self._update(network.backend, param, grad, self._state)
+        return self._state
 
     _buffers: tuple[str, ...] = ()
+    # For backends that run whole steps in one call: the update rule's name, its hyperparameters
+    # as numbers in the order that rule takes them, and its state buffers in order.
+    fused_rule: str | None = None
+
+    def fused_hyperparameters(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    fused_state: tuple[str, ...] = ()
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -100,6 +115,12 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
+    fused_rule = "sgd"
+    fused_state = ("velocity", "velocity")
+
+    def fused_hyperparameters(self) -> tuple[float, ...]:
+        return (self.lr, self.momentum, float(self.nesterov), self.weight_decay)
+
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.sgd(param, grad, state["velocity"], state["scratch"], lr=self.lr,
                             momentum=self.momentum, nesterov=self.nesterov,
@@ -126,6 +147,12 @@ class Adam(Optimizer):
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    fused_rule = "adam"
+    fused_state = ("exp_avg", "exp_avg_sq")
+
+    def fused_hyperparameters(self) -> tuple[float, ...]:
+        return (self.lr, *self.betas, self.eps, self.weight_decay, float(self.decoupled))
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.adam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["scratch"],

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import checkpoint as _checkpoint
 from . import losses as _losses
+from .dense_plan import dense_plan
 from .optimizers import SGD
 from .workspace import Workspace
 
@@ -236,6 +237,9 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     sizes = backend.asarray(np.diff(np.minimum(np.arange(n_batches + 1) * batch_size, n)), np.float64)
     guard = _Guard(network)
     bar_factory = _progress_bar_factory(progress)
+    trainer = None if guard.deferred else _dense_trainer(network, loss, X, target, batch_size, optimizer)
+    if trainer is not None:  # the layouts its kernel is compiled for (others would compile anew)
+        X, target = np.ascontiguousarray(X), np.ascontiguousarray(target, dtype=np.int64)
 
     def new_batch_buffers(size: int) -> tuple[Any, Any, Any]:
         """Gathered inputs, gathered targets and the loss gradient for one batch size."""
@@ -243,42 +247,46 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
                 backend.empty((size, *target.shape[1:]), target.dtype),
                 backend.empty(network.output_shape((size, *X.shape[1:])), network.dtype))
 
-    with _stop_on_interrupt() as interrupt:
+    with _stop_on_interrupt() as interrupt, trainer if trainer is not None else contextlib.nullcontext():
         for epoch in range(first_epoch, int(epochs) + 1):
             started = time.perf_counter()
             order = backend.asarray(rng.permutation(n)) if shuffle else None
             bar = bar_factory(total=n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
                 if bar_factory else None
             seen = 0
-            for batch, start in enumerate(range(0, n, batch_size)):
-                stop = min(start + batch_size, n)
-                x_buf, y_buf, grad = buffers.slot(stop - start, new_batch_buffers)
-                if order is None:
-                    xb, yb = X[start:stop], target[start:stop]
-                else:
-                    xb = backend.take_rows(X, order[start:stop], x_buf)
-                    yb = backend.take_rows(target, order[start:stop], y_buf)
-                out = network._forward(xb)
-                value, grad = loss.compute(backend, out, yb, grad)
-                if not guard.deferred and not math.isfinite(float(value)):
-                    raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
-                network._backward(grad, need_input_grad=False)
-                optimizer.step(network)
-                if guard.deferred:
-                    guard.track(value, batch + 1)
-                elif not guard.commit():
-                    raise guard.fail(epoch, batch + 1, guard.culprit())
-                batch_losses[batch] = value
-                if track_accuracy:
-                    batch_correct[batch] = loss.correct(xp, out, yb)
-                seen += stop - start
-                if bar is not None:
-                    bar.update(stop - start)
-                    if batch % 16 == 0:
-                        bar.set_postfix(loss=f"{float(value):.4f}",
-                                        rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
-                if interrupt["stop"]:
-                    break
+            if trainer is not None:
+                batch, seen = _fused_epoch(trainer, network, X, target, order, epoch, n_batches, batch_size,
+                                           optimizer, guard, batch_losses, batch_correct, bar, interrupt)
+            else:
+                for batch, start in enumerate(range(0, n, batch_size)):
+                    stop = min(start + batch_size, n)
+                    x_buf, y_buf, grad = buffers.slot(stop - start, new_batch_buffers)
+                    if order is None:
+                        xb, yb = X[start:stop], target[start:stop]
+                    else:
+                        xb = backend.take_rows(X, order[start:stop], x_buf)
+                        yb = backend.take_rows(target, order[start:stop], y_buf)
+                    out = network._forward(xb)
+                    value, grad = loss.compute(backend, out, yb, grad)
+                    if not guard.deferred and not math.isfinite(float(value)):
+                        raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
+                    network._backward(grad, need_input_grad=False)
+                    optimizer.step(network)
+                    if guard.deferred:
+                        guard.track(value, batch + 1)
+                    elif not guard.commit():
+                        raise guard.fail(epoch, batch + 1, guard.culprit())
+                    batch_losses[batch] = value
+                    if track_accuracy:
+                        batch_correct[batch] = loss.correct(xp, out, yb)
+                    seen += stop - start
+                    if bar is not None:
+                        bar.update(stop - start)
+                        if batch % 16 == 0:
+                            bar.set_postfix(loss=f"{float(value):.4f}",
+                                            rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
+                    if interrupt["stop"]:
+                        break
             guard.settle(epoch)
             seconds = time.perf_counter() - started
             done = batch + 1
@@ -305,6 +313,51 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     return history
 
 
+# Batches per fused call: long enough to amortise the call, short enough that Ctrl-C and the
+# progress bar still answer within a fraction of a second on large networks.
+_FUSED_CHUNK = 32
+
+
+def _dense_trainer(network: Any, loss: _losses.Loss, X: Any, target: Any, batch_size: int,
+                   optimizer: Any) -> Any:
+    """The backend's whole-step trainer for this network, loss and optimizer, or None."""
+    if optimizer.fused_rule is None:
+        return None
+    plan = dense_plan(network, loss, X, target)
+    if plan is None:
+        return None
+    params, _ = network.flat_parameters()
+    return network.backend.dense_trainer(plan, params, batch_size)
+
+
+def _fused_epoch(trainer: Any, network: Any, X: Any, target: Any, order: Any, epoch: int, n_batches: int,
+                 batch_size: int, optimizer: Any, guard: _Guard, batch_losses: Any, batch_correct: Any,
+                 bar: Any, interrupt: dict[str, bool]) -> tuple[int, int]:
+    """One epoch through the backend's trainer, a chunk of batches per call; returns the index
+    of the last batch done and the samples seen. Failures raise as in the per-layer loop."""
+    n = X.shape[0]
+    order = np.arange(n) if order is None else order
+    _, grads = network.flat_parameters()
+    done = seen = 0
+    while done < n_batches:
+        count = min(_FUSED_CHUNK, n_batches - done)
+        ran, failure, bad = trainer.run(X, target, order, done, count, batch_size, optimizer,
+                                        optimizer.bind(network), grads, guard.snapshot, batch_losses,
+                                        batch_correct)
+        done += ran
+        previously, seen = seen, min(done * batch_size, n)
+        if failure is not None:
+            what = {"loss": f"the loss became {float(batch_losses[bad])}", "gradient": guard.culprit(),
+                    "update": "the parameter update overflowed (every gradient was finite)"}[failure]
+            raise guard.fail(epoch, bad + 1, what)
+        if bar is not None:
+            bar.update(seen - previously)
+            bar.set_postfix(loss=f"{float(batch_losses[done - 1]):.4f}")
+        if interrupt["stop"]:
+            break
+    return done - 1, seen
+
+
 def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size: int) -> float:
     """Run one full training step on the first batch and undo it, so that a JIT backend compiles
     (or loads from its cache) every kernel before anything is timed; returns the seconds taken.
@@ -319,6 +372,13 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
     network._backward(grad, need_input_grad=False)
     optimizer.step(network)
     network.predict(X[:batch_size])
+    trainer = _dense_trainer(network, loss, X, target, batch_size, optimizer)
+    if trainer is not None:  # the whole-step kernel fit will use
+        backend, (_, grads) = network.backend, network.flat_parameters()
+        rows = np.arange(min(batch_size, X.shape[0]))
+        trainer.run(np.ascontiguousarray(X), np.ascontiguousarray(target, dtype=np.int64), rows, 0, 1, batch_size,
+                    optimizer, optimizer.bind(network), grads, backend.empty(params.shape, params.dtype),
+                    backend.empty(1, np.float64), backend.empty(1, np.float64))
     params[...] = saved
     optimizer._owner = None  # the next step starts a fresh state
     return time.perf_counter() - started

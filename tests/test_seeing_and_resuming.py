@@ -211,6 +211,7 @@ def test_checkpoint_every_and_resume_errors(tmp_path):
 
 def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch):
     X, _, y, _ = fastnn.datasets.digits()
+    fastnn.set_backend("numpy")  # the per-layer loop, where a batch is a call to loss.compute
     net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
     loss = fastnn.losses.CrossEntropy()
     calls = {"n": 0}

@@ -97,6 +97,16 @@ class Backend:
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"
 
+    def dense_trainer(self, plan: Any, params: Any, batch_size: int) -> Any:
+        """An object that trains a whole stack of dense layers a chunk of batches per call, or
+        None (the default) for the per-layer path. ``plan`` is a ``fastnn.dense_plan.DensePlan``
+        over the flat buffer ``params``. Its ``run(X, labels, order, first, count, batch_size,
+        optimizer, state, grads, snapshot, batch_losses, batch_correct)`` must do exactly what the
+        per-layer loop in ``fastnn.training.fit`` does for those batches (same loss, gradients to
+        rounding, same optimizer rule, same NaN/inf guard) and return ``(done, failure, batch)``.
+        It is a context manager, entered for the duration of ``fit``'s loop."""
+        return None
+
     def kernel_builds(self) -> Iterator[str]:
         """Iterate over every build of the kernels a call can select (a JIT backend compiles one
         per build); ``fastnn warmup`` runs the kernels once inside each."""

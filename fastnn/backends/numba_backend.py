@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from .numpy_backend import NumpyBackend
 
@@ -16,6 +17,15 @@ class NumbaBackend(NumpyBackend):
         from ..kernels.numba.kernelset import NUMBA_KERNELS
 
         self.kernels = NUMBA_KERNELS
+
+    def dense_trainer(self, plan: Any, params: Any, batch_size: int) -> Any:
+        """Whole steps in one JIT call (``kernels/numba/dense_step.py``), where NumPy's BLAS is an
+        OpenBLAS the kernels can call; otherwise None."""
+        from ..kernels.numba import blas
+        from ..kernels.numba.trainer import DenseTrainer
+
+        found = blas.find()
+        return None if found is None else DenseTrainer(plan, self, params, found, batch_size)
 
     def kernel_builds(self) -> Iterator[str]:
         """The serial builds (what small arrays use), then the parallel ones (forced by setting

@@ -1,0 +1,260 @@
+"""The Numba backend's whole-step trainer (``kernels/numba/dense_step.py``): used when it
+applies, the same training as the per-layer path, the same guard, and out of the way otherwise."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+
+import fastnn
+import reference
+from fastnn.dense_plan import dense_plan
+from fastnn.training import NonFiniteError
+
+pytestmark = pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, _, y, _ = fastnn.datasets.digits()
+    return X[:300], y[:300]  # 300 = 4 batches of 64 and one of 44
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """Counts calls of the whole-step trainer."""
+    from fastnn.kernels.numba import trainer
+
+    calls = []
+    run = trainer.DenseTrainer.run
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[3:5])  # (first batch, count)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.DenseTrainer, "run", counting)
+    return calls
+
+
+def _net(backend, dtype=np.float32, activations=("relu", "relu", None), bias=True, split_activation=False):
+    sizes = (64, 48, 24, 10)
+    layers = []
+    with fastnn.use_backend(backend):
+        for k, (i, o) in enumerate(zip(sizes, sizes[1:])):
+            act = activations[k]
+            if split_activation and act is not None:
+                layers += [fastnn.Linear(i, o, seed=k, dtype=dtype, bias=bias), fastnn.Activation(act, dtype=dtype)]
+            else:
+                layers.append(fastnn.Linear(i, o, act, seed=k, dtype=dtype, bias=bias))
+        return fastnn.Network(layers)
+
+
+def test_fit_runs_a_dense_stack_through_the_trainer_a_chunk_of_batches_per_call(digits, runs):
+    X, y = digits
+    net = _net("numba")
+    net.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=2, batch_size=64, progress=False)
+    assert runs == [(0, 5), (0, 5)]  # one call per epoch: 5 batches, fewer than a chunk
+
+
+@pytest.mark.parametrize("case", ["softmax layer", "mse", "probability targets"])
+def test_anything_else_keeps_the_per_layer_path(digits, runs, case):
+    X, y = digits
+    with fastnn.use_backend("numba"):
+        net = _net("numba")
+        loss, target = "cross_entropy", y
+        if case == "softmax layer":
+            net.add(fastnn.Softmax())
+            loss = "mse"
+            target = fastnn.datasets.one_hot(y, 10)
+        elif case == "mse":
+            loss, target = "mse", fastnn.datasets.one_hot(y, 10)
+        else:
+            target = fastnn.datasets.one_hot(y, 10)
+        net.fit(X, target, loss, fastnn.SGD(0.1), epochs=1, batch_size=64, progress=False)
+    assert runs == []
+
+
+def test_the_plan_folds_activation_layers_and_reads_the_flat_buffer_offsets():
+    net = _net("numpy", split_activation=True, bias=False)
+    X, y = np.zeros((2, 64), np.float32), np.zeros(2, np.int64)
+    plan = dense_plan(net, fastnn.losses.CrossEntropy(), X, y)
+    assert [(layer.in_features, layer.out_features, layer.activation, layer.bias_offset) for layer in plan.layers] \
+        == [(64, 48, "relu", None), (48, 24, "relu", None), (24, 10, "identity", None)]
+    params, _ = net.flat_parameters()
+    for layer, spec in zip([la for la in net.layers if isinstance(la, fastnn.Linear)], plan.layers):
+        offset = spec.weight_offset
+        np.testing.assert_array_equal(params[offset:offset + layer.weight.size].reshape(layer.weight.shape),
+                                      layer.weight)
+
+
+OPTIMIZERS = {
+    "sgd": lambda: fastnn.SGD(0.1),
+    "sgd-nesterov-wd": lambda: fastnn.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: fastnn.Adam(0.01, weight_decay=1e-3),
+    "adamw": lambda: fastnn.AdamW(0.01),
+}
+ACTIVATION_SETS = {
+    "relu": ("relu", "relu", None),
+    "smooth": ("gelu", "tanh", "sigmoid"),
+    "others": ("leaky_relu", "elu", "silu"),
+    "rest": ("softplus", "gelu_tanh", None),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("activations", sorted(ACTIVATION_SETS))
+def test_whole_step_training_matches_the_per_layer_numpy_backend(digits, runs, dtype, optimizer, activations):
+    """Losses, accuracies and parameters after 3 epochs (shuffled, a short last batch): the batch
+    sums are split across threads, so float32 agrees to rounding, float64 to ~1e-12."""
+    X, y = digits
+    results = {}
+    for backend in ("numpy", "numba"):
+        net = _net(backend, dtype, ACTIVATION_SETS[activations], split_activation=activations == "relu")
+        history = net.fit(X, y, "cross_entropy", OPTIMIZERS[optimizer](), epochs=3, batch_size=64, seed=1,
+                          progress=False)
+        results[backend] = history, net.flat_parameters()[0].copy()
+    assert runs, "the numba run did not take the whole-step path"
+    (h_np, p_np), (h_nb, p_nb) = results["numpy"], results["numba"]
+    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
+    np.testing.assert_allclose(h_nb["loss"], h_np["loss"], **tol)
+    np.testing.assert_allclose(h_nb["accuracy"], h_np["accuracy"], atol=2 / len(X))
+    np.testing.assert_allclose(p_nb, p_np, **tol)
+
+
+def test_one_step_matches_the_float64_reference(digits):
+    """One SGD step of a 2-layer net, checked against gradients written out by hand."""
+    X, y = digits
+    X, y = X[:64].astype(np.float64), y[:64]
+    net = _net("numba", np.float64, ("tanh", None, None))
+    net = fastnn.Network(net.layers[:1] + [fastnn.Linear(48, 10, seed=7, dtype=np.float64, backend="numba")])
+    W1, b1, W2, b2 = (np.array(p, np.float64) for p in net.parameters())
+    z1 = X @ W1.T + b1
+    a1 = np.tanh(z1)
+    logits = a1 @ W2.T + b2
+    loss, dlogits = reference.cross_entropy(logits, y)
+    dz1 = (dlogits @ W2) * (1 - a1 ** 2)
+    expected = [W1 - 0.3 * dz1.T @ X, b1 - 0.3 * dz1.sum(0), W2 - 0.3 * dlogits.T @ a1, b2 - 0.3 * dlogits.sum(0)]
+    history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.3), epochs=1, batch_size=64, shuffle=False,
+                      progress=False)
+    assert history["loss"][0] == pytest.approx(loss, rel=1e-12)
+    for got, want in zip(net.parameters(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+def test_an_overflowing_update_stops_with_the_parameters_from_before_that_batch(digits, runs):
+    X, y = digits
+    net = _net("numba")
+    before = net.flat_parameters()[0].copy()
+    with pytest.raises(NonFiniteError, match=r"epoch 1, batch 1: the parameter update overflowed"):
+        # inputs x1000 make some weight gradients > 1, so lr * g passes float32's 3.4e38
+        net.fit(X * 1000, y, "cross_entropy", fastnn.SGD(1e38), epochs=1, batch_size=64, progress=False)
+    assert runs
+    np.testing.assert_array_equal(net.flat_parameters()[0], before)
+
+
+def test_a_diverging_loss_stops_at_the_first_non_finite_batch(digits, runs):
+    """A first step with lr 1e30 leaves weights ~1e30: the next batch's logits overflow to inf
+    and its loss is NaN; the network keeps the (finite) parameters from after batch 1."""
+    X, y = digits
+    net = _net("numba")
+    with pytest.raises(NonFiniteError, match=r"epoch 1, batch 2: the loss became nan; .*before this batch"):
+        net.fit(X * 1e4, y, "cross_entropy", fastnn.SGD(1e30), epochs=1, batch_size=64, shuffle=False,
+                progress=False)
+    assert runs
+    after_one_step = _net("numba")
+    after_one_step.fit(X[:64] * 1e4, y[:64], "cross_entropy", fastnn.SGD(1e30), epochs=1, batch_size=64,
+                       shuffle=False, progress=False)
+    np.testing.assert_array_equal(net.flat_parameters()[0], after_one_step.flat_parameters()[0])
+
+
+def test_ctrl_c_stops_after_the_current_chunk(digits, monkeypatch):
+    from fastnn.kernels.numba import trainer
+
+    X, y = digits
+    run = trainer.DenseTrainer.run
+
+    def run_then_interrupt(self, *args, **kwargs):
+        result = run(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(trainer.DenseTrainer, "run", run_then_interrupt)
+    net = _net("numba")
+    history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=5, batch_size=8, progress=False)
+    # 38 batches of 8: the first chunk (32 batches) ran, then the stop request ended the epoch
+    assert history.interrupted and len(history) == 0
+    assert np.isfinite(net.flat_parameters()[0]).all()
+
+
+def test_blas_threads_are_one_during_fit_and_restored_after(digits, monkeypatch):
+    from fastnn.kernels.numba import blas, trainer
+
+    found = blas.find()
+    before = found.get_num_threads()
+    during = []
+    run = trainer.DenseTrainer.run
+
+    def recording(self, *args, **kwargs):
+        during.append(found.get_num_threads())
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.DenseTrainer, "run", recording)
+    X, y = digits
+    _net("numba").fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=1, batch_size=64, progress=False)
+    import numba
+
+    assert during == [1 if min(numba.get_num_threads(), 64 // 16) > 1 else before]
+    assert found.get_num_threads() == before
+
+
+def test_without_an_openblas_to_call_the_per_layer_path_trains(digits, runs, monkeypatch):
+    from fastnn.kernels.numba import blas
+
+    monkeypatch.setattr(blas, "find", lambda: None)
+    X, y = digits
+    history = _net("numba").fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=2, batch_size=64, progress=False)
+    assert runs == [] and history["loss"][1] < history["loss"][0]
+
+
+def test_numpys_openblas_is_found_with_its_integer_width():
+    from fastnn.kernels.numba import blas
+
+    found = blas.find()
+    assert found is not None, "NumPy's wheels ship OpenBLAS; the fused path needs it"
+    assert "openblas" in found.path.lower()
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.arange(12, dtype=np.float32).reshape(3, 4)
+    c = np.empty((2, 4), np.float32)
+    int_t = np.int64 if found.ilp64 else np.int32
+    found.sgemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, int_t(2), int_t(4), int_t(3), 1.0,
+                a.ctypes.data, int_t(3), b.ctypes.data, int_t(4), 0.0, c.ctypes.data, int_t(4))
+    np.testing.assert_array_equal(c, a @ b)
+
+
+@pytest.mark.parametrize("activation", list(fastnn.activations.ACTIVATIONS))
+def test_the_per_layer_passes_match_the_reference(activation, dtype):
+    """bias_activation and activation_backward_inplace, including NaN and +-inf."""
+    from fastnn.kernels.numba import dense_step
+    from fastnn.kernels.numba.scalar import CODES
+
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal((5, 7)) * 3
+    z0[0, :3] = [np.nan, np.inf, -np.inf]
+    bias = rng.standard_normal(7)
+    bias[:3] = 0
+    alpha = fastnn.activations.resolve(activation)[1]
+    z, y = z0.astype(dtype), np.empty((5, 7), dtype)
+    dense_step.bias_activation(CODES.index(activation), z, bias.astype(dtype), y, dtype.type(alpha or 0.0))
+    tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    z_ref = z0.astype(dtype).astype(np.float64) + bias.astype(dtype)
+    np.testing.assert_allclose(z, z_ref, **tol)
+    np.testing.assert_allclose(y, reference.forward(activation, z_ref, alpha), **tol)
+    dy = rng.standard_normal((5, 7)).astype(dtype)
+    dz = dy.copy()
+    dense_step.activation_backward_inplace(CODES.index(activation), dz, z, y, dtype.type(alpha or 0.0))
+    expected = dy.astype(np.float64) * reference.derivative(activation, z.astype(np.float64), alpha)
+    if activation == "identity":
+        expected = dy.astype(np.float64)
+    np.testing.assert_allclose(dz, expected, **tol)
