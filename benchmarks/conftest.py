@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-# group -> (baseline contender, contender to check, target speed-up)
-TARGETS: dict[str, tuple[str, str, float]] = {}
+# group -> [(baseline contender, contender to check, target speed-up), ...]
+TARGETS: dict[str, list[tuple[str, str, float]]] = {}
 
 
 def target(group: str, baseline: str, contender: str, ratio: float) -> None:
-    TARGETS[group] = (baseline, contender, ratio)
+    TARGETS.setdefault(group, []).append((baseline, contender, ratio))
 
 
 def pytest_addoption(parser):
@@ -41,12 +41,16 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("-", "speed-ups (ratio of medians, same run)" +
                                (" -- --quick sizes: the targets are for full runs" if quick else ""))
     for group, by_contender in sorted(medians.items()):
-        baseline, checked, goal = TARGETS.get(group, (None, None, None))
-        base = by_contender.get(baseline) if baseline else None
+        goals = TARGETS.get(group, [])
+        baselines = {baseline for baseline, _, _ in goals}
         for contender, median in sorted(by_contender.items(), key=lambda item: item[1]):
             line = f"{group:38s} {contender:14s} {median * 1e3:10.3f} ms"
-            if base:
+            for baseline in sorted(baselines):
+                base = by_contender.get(baseline)
+                if not base:
+                    continue
                 line += f"   {base / median:6.2f}x vs {baseline}"
-                if contender == checked:
-                    line += f"   target >= {goal:.2f}x: {'met' if base / median >= goal else 'NOT met'}"
+                for goal_base, checked, goal in goals:
+                    if goal_base == baseline and contender == checked:
+                        line += f" (target >= {goal:.2f}x: {'met' if base / median >= goal else 'NOT met'})"
             terminalreporter.write_line(line)

@@ -68,3 +68,78 @@ def test_torch_epoch(benchmark, digits, quick):
     benchmark.group = "training epoch digits"
     benchmark.extra_info["contender"] = "torch"
     benchmark(epoch)
+
+
+# --- issue 3's end-to-end targets: ReLU + softmax cross-entropy, SGD lr 0.1, float32 ------------
+# (`python benchmarks/training.py --backend numba` measures the same with a hand loop beside it.)
+
+E2E = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
+target("training e2e digits relu+CE", "torch", "numba", 4.0)
+target("training e2e digits relu+CE", "numpy", "numba", 1.5)
+target("training e2e large MLP", "torch", "numba", 1.0)
+
+
+def _e2e_data(net, quick):
+    sizes, _ = E2E[net]
+    if net == "digits":
+        X, _, y, _ = fastnn.datasets.digits()
+    else:
+        rng = np.random.default_rng(0)
+        X = rng.random((1024 if quick else 8192, sizes[0]), dtype=np.float32)
+        y = rng.integers(0, sizes[-1], len(X))
+    return (X[:256], y[:256]) if quick and net == "digits" else (X, y)
+
+
+def _settle():
+    """Let the previous contender's BLAS/OpenMP workers stop spinning (~0.1 s) first."""
+    import time
+
+    time.sleep(0.3)
+
+
+@pytest.mark.parametrize("net", sorted(E2E))
+@pytest.mark.parametrize("backend_name", [b for b in ("numpy", "numba") if b in BACKENDS])
+def test_e2e_fastnn(benchmark, quick, net, backend_name):
+    X, y = _e2e_data(net, quick)
+    sizes, batch = E2E[net]
+    with fastnn.use_backend(backend_name):
+        layers = [fastnn.Linear(i, o, "relu" if k < len(sizes) - 2 else None, seed=k)
+                  for k, (i, o) in enumerate(zip(sizes, sizes[1:]))]
+        model = fastnn.Network(layers)
+        optimizer = fastnn.SGD(0.1)
+        fastnn.training.warm_up(model, X, y, "cross_entropy", optimizer, batch)
+        benchmark.group = f"training e2e {'digits relu+CE' if net == 'digits' else 'large MLP'}"
+        benchmark.extra_info["contender"] = backend_name
+        _settle()
+        benchmark.pedantic(model.fit, args=(X, y, "cross_entropy", optimizer),
+                           kwargs={"epochs": 5 if net == "digits" else 1, "batch_size": batch, "progress": False,
+                                   "metrics": False}, rounds=3 if quick else 15, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("net", sorted(E2E))
+def test_e2e_torch(benchmark, quick, net):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pip install torch==2.13.0")
+    X, y = _e2e_data(net, quick)
+    sizes, batch = E2E[net]
+    torch.manual_seed(0)
+    layers = []
+    for k, (i, o) in enumerate(zip(sizes, sizes[1:])):
+        layers += [torch.nn.Linear(i, o)] + ([torch.nn.ReLU()] if k < len(sizes) - 2 else [])
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+    def fit():
+        for _ in range(5 if net == "digits" else 1):
+            order = torch.randperm(len(Xt))
+            for start in range(0, len(Xt), batch):
+                idx = order[start:start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(Xt[idx]), yt[idx]).backward()
+                optimizer.step()
+
+    benchmark.group = f"training e2e {'digits relu+CE' if net == 'digits' else 'large MLP'}"
+    benchmark.extra_info["contender"] = "torch"
+    _settle()
+    benchmark.pedantic(fit, rounds=3 if quick else 15, warmup_rounds=1)

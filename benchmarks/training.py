@@ -106,6 +106,13 @@ def torch_repeats(X, y, epochs, threads, repeats, net) -> list[float]:
     return [] if rates[0] is None else rates[1:]
 
 
+def settle() -> None:
+    """Let the previous contender's thread pools go idle before the next is timed: OpenBLAS's
+    workers spin for ~0.1 s after their last GEMM (measured with getrusage) and would take
+    a core from whatever runs next; a 20-epoch digits run is shorter than that."""
+    time.sleep(0.3)
+
+
 def blas_threads() -> int:
     try:
         from threadpoolctl import threadpool_info
@@ -132,12 +139,21 @@ def main(argv=None) -> dict:
         y = rng.integers(0, LAYERS[-1], len(X))
     threads = blas_threads()
     results: dict[str, list[float]] = {"fastnn": [], "numpy loop": []}
+    if args.backend != "numpy":
+        results["fastnn numpy"] = []  # the NumPy backend, the bar the other backends must clear
     for repeat in range(args.repeats + 1):  # repeat 0 warms up (BLAS threads, caches, JIT)
+        settle()
         fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)
+        settle()
         loop = numpy_loop_samples_per_s(X, y, args.epochs)
+        if "fastnn numpy" in results:
+            settle()
+            reference, _ = fastnn_samples_per_s(X, y, args.epochs, "numpy")
         if repeat:
             results["fastnn"].append(fast)
             results["numpy loop"].append(loop)
+            if "fastnn numpy" in results:
+                results["fastnn numpy"].append(reference)
     # PyTorch runs afterwards in a child process while this one waits: its OpenMP workers keep
     # spinning after each op and would steal the second core from anything run beside them.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -157,6 +173,8 @@ def main(argv=None) -> dict:
     else:
         print("  torch is not installed: PyTorch comparison skipped (pip install torch==2.13.0)")
     print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")
+    if "fastnn numpy" in medians:
+        print(f"  fastnn / numpy backend = {medians['fastnn'] / medians['fastnn numpy']:.2f}x")
     return medians
 
 
