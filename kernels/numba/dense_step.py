@@ -29,25 +29,12 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
+from . import elementwise
 from .blas import NO_TRANS, ROW_MAJOR, TRANS
 from .jit import stamped
 from .losses import row_exp
 from .optimizers import adam, sgd
-from .scalar import (
-    ELU,
-    GELU,
-    GELU_TANH,
-    IDENTITY,
-    LEAKY_RELU,
-    RELU,
-    SIGMOID,
-    SILU,
-    SOFTPLUS,
-    TANH,
-    activation,
-    activation_backward,
-    like,
-)
+from .scalar import CODES, ELU, GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, SILU, SOFTPLUS, TANH, like
 
 # Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
 OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
@@ -108,78 +95,68 @@ def _gemm(address, ilp64, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, one
         _gemm32(address, ROW_MAJOR, trans_a, trans_b, m, n, k, one, a, lda, b, ldb, zero, c, ldc)
 
 
-# --- per-layer elementwise passes, one specialised loop per activation ----------------------------
+# --- per-layer elementwise passes: the per-activation kernels of ``elementwise`` -----------------
+# Each is specialised on its activation (a run-time code inside the element loop would keep it
+# from vectorising), so the code is tested here, once per layer; the kernels and their on-disk
+# cache entries are the ones the per-layer path uses.
 
-
-@njit(inline="always", **_FLAGS)
-@stamped
-def _bias_act_loop(code, z, bias, y, alpha):
-    rows, cols = z.shape
-    for i in range(rows):
-        for j in range(cols):
-            v = z[i, j] + bias[j]
-            z[i, j] = v
-            y[i, j] = activation(code, v, alpha)
-
-
-@njit(inline="always", **_FLAGS)
-@stamped
-def _backward_loop(code, dz, z, y, alpha):
-    rows, cols = z.shape
-    for i in range(rows):
-        for j in range(cols):
-            dz[i, j] = activation_backward(code, dz[i, j], z[i, j], y[i, j], alpha)
+_FORWARD = tuple(elementwise.bias_activation[name][0] for name in CODES)
+_BACKWARD = tuple(elementwise.backward[name][0] for name in CODES)
+(_fw_identity, _fw_relu, _fw_leaky_relu, _fw_sigmoid, _fw_tanh, _fw_gelu, _fw_gelu_tanh, _fw_silu, _fw_softplus,
+ _fw_elu) = _FORWARD
+(_bw_identity, _bw_relu, _bw_leaky_relu, _bw_sigmoid, _bw_tanh, _bw_gelu, _bw_gelu_tanh, _bw_silu, _bw_softplus,
+ _bw_elu) = _BACKWARD
 
 
 @njit(**_FLAGS)
 @stamped
 def bias_activation(code, z, bias, y, alpha):
-    """z += bias, y = g(z). The code is tested once, outside the loops: a run-time code inside
-    the element loop would keep it from vectorising."""
+    """z += bias, y = g(z); z, y (rows, cols)."""
     if code == RELU:
-        _bias_act_loop(RELU, z, bias, y, alpha)
+        _fw_relu(z, bias, y, alpha)
     elif code == LEAKY_RELU:
-        _bias_act_loop(LEAKY_RELU, z, bias, y, alpha)
+        _fw_leaky_relu(z, bias, y, alpha)
     elif code == SIGMOID:
-        _bias_act_loop(SIGMOID, z, bias, y, alpha)
+        _fw_sigmoid(z, bias, y, alpha)
     elif code == TANH:
-        _bias_act_loop(TANH, z, bias, y, alpha)
+        _fw_tanh(z, bias, y, alpha)
     elif code == GELU:
-        _bias_act_loop(GELU, z, bias, y, alpha)
+        _fw_gelu(z, bias, y, alpha)
     elif code == GELU_TANH:
-        _bias_act_loop(GELU_TANH, z, bias, y, alpha)
+        _fw_gelu_tanh(z, bias, y, alpha)
     elif code == SILU:
-        _bias_act_loop(SILU, z, bias, y, alpha)
+        _fw_silu(z, bias, y, alpha)
     elif code == SOFTPLUS:
-        _bias_act_loop(SOFTPLUS, z, bias, y, alpha)
+        _fw_softplus(z, bias, y, alpha)
     elif code == ELU:
-        _bias_act_loop(ELU, z, bias, y, alpha)
+        _fw_elu(z, bias, y, alpha)
     else:
-        _bias_act_loop(IDENTITY, z, bias, y, alpha)
+        _fw_identity(z, bias, y, alpha)
 
 
 @njit(**_FLAGS)
 @stamped
 def activation_backward_inplace(code, dz, z, y, alpha):
-    """dz = dz * g'(z) in place (dz holds dL/dy on entry)."""
+    """dz = dz * g'(z) in place (dz holds dL/dy on entry); all (rows, cols)."""
+    d, zf, yf = dz.reshape(dz.size), z.reshape(z.size), y.reshape(y.size)
     if code == RELU:
-        _backward_loop(RELU, dz, z, y, alpha)
+        _bw_relu(d, zf, yf, d, alpha)
     elif code == LEAKY_RELU:
-        _backward_loop(LEAKY_RELU, dz, z, y, alpha)
+        _bw_leaky_relu(d, zf, yf, d, alpha)
     elif code == SIGMOID:
-        _backward_loop(SIGMOID, dz, z, y, alpha)
+        _bw_sigmoid(d, zf, yf, d, alpha)
     elif code == TANH:
-        _backward_loop(TANH, dz, z, y, alpha)
+        _bw_tanh(d, zf, yf, d, alpha)
     elif code == GELU:
-        _backward_loop(GELU, dz, z, y, alpha)
+        _bw_gelu(d, zf, yf, d, alpha)
     elif code == GELU_TANH:
-        _backward_loop(GELU_TANH, dz, z, y, alpha)
+        _bw_gelu_tanh(d, zf, yf, d, alpha)
     elif code == SILU:
-        _backward_loop(SILU, dz, z, y, alpha)
+        _bw_silu(d, zf, yf, d, alpha)
     elif code == SOFTPLUS:
-        _backward_loop(SOFTPLUS, dz, z, y, alpha)
+        _bw_softplus(d, zf, yf, d, alpha)
     elif code == ELU:
-        _backward_loop(ELU, dz, z, y, alpha)
+        _bw_elu(d, zf, yf, d, alpha)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"reassoc"})
