@@ -27,6 +27,34 @@ def blas_info() -> list[dict[str, Any]]:
                                             "architecture", "filepath")} for pool in threadpool_info()]
 
 
+# OpenBLAS kernel families that use at most AVX2 (OpenBLAS 0.3.31 picks Haswell kernels on AMD
+# Zen 4/5, which have AVX-512).
+_AVX2_ONLY_KERNELS = {"haswell", "zen", "sandybridge"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def blas_hints(pools: list[dict[str, Any]], flags: set[str]) -> list[str]:
+    """Advice for a BLAS that leaves the CPU's widest vectors unused."""
+    hints = []
+    for pool in pools:
+        arch = str(pool.get("architecture") or "").lower()
+        if pool.get("internal_api") == "openblas" and arch in _AVX2_ONLY_KERNELS and "avx512f" in flags:
+            hints.append(f"this CPU has AVX-512 but OpenBLAS runs its {pool['architecture']} (AVX2) kernels: "
+                         "export OPENBLAS_CORETYPE=SkylakeX before starting Python to use them (on this "
+                         "project's AMD EPYC: 1024x1024 float32 GEMM 212 -> 389 GFLOP/s)")
+    return hints
+
+
 def collect() -> dict[str, Any]:
     import numpy as np
 
@@ -44,6 +72,7 @@ def collect() -> dict[str, Any]:
         "current_env": os.environ.get("FASTNN_BACKEND"),
         "versions": versions,
         "blas": blas_info(),
+        "cpu_flags": _cpu_flags(),
         "devices": "none usable" if backends["cupy"] else "CUDA via CuPy",
     }
 
@@ -65,6 +94,7 @@ def render(report: dict[str, Any]) -> str:
         for pool in report["blas"]:
             lines.append(f"  {pool['user_api']}: {pool['internal_api']} {pool['version']} "
                          f"({pool['architecture']}), {pool['num_threads']} thread(s)")
+        lines += [f"  hint: {hint}" for hint in blas_hints(report["blas"], report["cpu_flags"])]
     else:
         lines.append("  (install threadpoolctl to list them)")
     lines += ["", f"GPU devices: {report['devices']}"]

@@ -58,3 +58,12 @@ def test_warmup_compiles_every_kernel_ahead_of_time(capsys):
 
         assert jit.PARALLEL_MIN_ELEMENTS == 1 << 17  # restored after forcing the parallel builds
         assert all(len(build.signatures) >= 2 for pair in elementwise.forward.values() for build in pair)
+
+
+def test_info_hints_at_openblas_avx2_kernels_on_an_avx512_cpu():
+    from fastnn.info import blas_hints
+
+    pool = {"internal_api": "openblas", "architecture": "Haswell", "user_api": "blas"}
+    assert "OPENBLAS_CORETYPE=SkylakeX" in blas_hints([pool], {"avx2", "avx512f"})[0]
+    assert blas_hints([pool], {"avx2"}) == []  # an AVX2-only CPU: Haswell kernels are right
+    assert blas_hints([{**pool, "architecture": "SkylakeX"}], {"avx512f"}) == []
