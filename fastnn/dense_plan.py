@@ -35,14 +35,20 @@ class DenseLayer:
 @dataclass(frozen=True)
 class DensePlan:
     layers: tuple[DenseLayer, ...]
-    loss: str  # "cross_entropy": softmax cross-entropy on the last layer's output, integer labels
+    loss: str  # "cross_entropy" (softmax on the last layer's output, integer labels) or "mse"
     dtype: np.dtype
 
 
 def dense_plan(network: Any, loss: _losses.Loss, X: Any, target: Any) -> DensePlan | None:
-    """The plan of ``network`` trained with ``loss`` on ``X (N, in)`` and ``target``, or None."""
-    if not isinstance(loss, _losses.CrossEntropy) or X.ndim != 2 or target.ndim != 1 \
-            or target.dtype.kind not in "iu":
+    """The plan of ``network`` trained with ``loss`` on ``X (N, in)`` and ``target`` (as
+    ``prepare`` checked them), or None."""
+    if X.ndim != 2:
+        return None
+    if isinstance(loss, _losses.CrossEntropy) and target.ndim == 1 and target.dtype.kind in "iu":
+        kind = "cross_entropy"
+    elif type(loss) is _losses.MSE and target.ndim == 2:
+        kind = "mse"
+    else:
         return None
     offsets = network.parameter_offsets()
     stack: list[DenseLayer] = []
@@ -56,4 +62,6 @@ def dense_plan(network: Any, loss: _losses.Loss, X: Any, target: Any) -> DensePl
             return None
     if not stack:
         return None
-    return DensePlan(tuple(stack), "cross_entropy", network.dtype)
+    if kind == "mse" and target.shape[1] != stack[-1].out_features:
+        return None
+    return DensePlan(tuple(stack), kind, network.dtype)

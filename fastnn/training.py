@@ -238,8 +238,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     guard = _Guard(network)
     bar_factory = _progress_bar_factory(progress)
     trainer = None if guard.deferred else _dense_trainer(network, loss, X, target, batch_size, optimizer)
-    if trainer is not None:  # the layouts its kernel is compiled for (others would compile anew)
-        X, target = np.ascontiguousarray(X), np.ascontiguousarray(target, dtype=np.int64)
+    if trainer is not None:
+        X, target = trainer.inputs(X, target)
 
     def new_batch_buffers(size: int) -> tuple[Any, Any, Any]:
         """Gathered inputs, gathered targets and the loss gradient for one batch size."""
@@ -376,7 +376,7 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
     if trainer is not None:  # the whole-step kernel fit will use
         backend, (_, grads) = network.backend, network.flat_parameters()
         rows = np.arange(min(batch_size, X.shape[0]))
-        trainer.run(np.ascontiguousarray(X), np.ascontiguousarray(target, dtype=np.int64), rows, 0, 1, batch_size,
+        trainer.run(*trainer.inputs(X, target), rows, 0, 1, batch_size,
                     optimizer, optimizer.bind(network), grads, backend.empty(params.shape, params.dtype),
                     backend.empty(1, np.float64), backend.empty(1, np.float64))
     params[...] = saved

@@ -100,11 +100,12 @@ class Backend:
     def dense_trainer(self, plan: Any, params: Any, batch_size: int) -> Any:
         """An object that trains a whole stack of dense layers a chunk of batches per call, or
         None (the default) for the per-layer path. ``plan`` is a ``fastnn.dense_plan.DensePlan``
-        over the flat buffer ``params``. Its ``run(X, labels, order, first, count, batch_size,
+        over the flat buffer ``params``. Its ``run(X, targets, order, first, count, batch_size,
         optimizer, state, grads, snapshot, batch_losses, batch_correct)`` must do exactly what the
         per-layer loop in ``fastnn.training.fit`` does for those batches (same loss, gradients to
         rounding, same optimizer rule, same NaN/inf guard) and return ``(done, failure, batch)``.
-        It is a context manager, entered for the duration of ``fit``'s loop."""
+        It is a context manager, entered for the duration of ``fit``'s loop, and its
+        ``inputs(X, target)`` gives the arrays in the layout ``run`` wants."""
         return None
 
     def kernel_builds(self) -> Iterator[str]:

@@ -180,7 +180,49 @@ def _view(buffer, offset, rows, cols):
 
 @njit(**_FLAGS)
 @stamped
-def _rows_forward_backward(X, labels, idx, params, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n):
+def _loss_and_grad(out, targets, idx, dy, inv_n):
+    """The loss of ``out (rows, classes)`` against ``targets[idx]`` summed over the rows, its
+    gradient scaled by ``inv_n`` = 1 / batch size into ``dy``, and the count of rows whose
+    largest output is the target class. The target's dimension picks the loss (at compile
+    time): integer labels ``(N,)`` -> softmax cross-entropy on logits; ``(N, classes)`` ->
+    squared error (its mean is over elements: the sum is divided by ``classes`` here). The
+    arithmetic is that of the per-layer kernels in ``losses.py``."""
+    rows, classes = out.shape
+    loss = 0.0
+    correct = 0
+    for r in range(rows):
+        best = 0
+        for j in range(1, classes):
+            if out[r, j] > out[r, best]:
+                best = j
+        if targets.ndim == 1:
+            top, total = row_exp(out, dy, r)
+            scale = inv_n / total
+            for j in range(classes):
+                dy[r, j] *= scale
+            label = targets[idx[r]]
+            dy[r, label] -= inv_n
+            loss += np.float64(top) + math.log(total) - np.float64(out[r, label])
+            correct += best == label
+        else:
+            target = targets[idx[r]]
+            inv_elements = inv_n / classes
+            squares = 0.0
+            wanted = 0
+            for j in range(classes):
+                d = np.float64(out[r, j]) - np.float64(target[j])
+                squares += d * d
+                dy[r, j] = 2.0 * d * inv_elements
+                if target[j] > target[wanted]:
+                    wanted = j
+            loss += squares / classes
+            correct += best == wanted
+    return loss, correct
+
+
+@njit(**_FLAGS)
+@stamped
+def _rows_forward_backward(X, targets, idx, params, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n):
     """Forward and backward for the samples ``idx`` (one thread's rows), weight and bias
     gradients of their share of the batch mean into ``grads``. Returns (loss sum, correct)."""
     rows = idx.size
@@ -201,26 +243,10 @@ def _rows_forward_backward(X, labels, idx, params, grads, work, layers, alphas, 
         bias_activation(code, z, bias, y, alphas[layer])
         a = y
 
-    # softmax cross-entropy on the last layer's output, mean over the whole batch
     last = n_layers - 1
     classes = layers[last, 1]
-    logits = a
     dy = _view(work, layers[last, 7], rows, classes)
-    loss = 0.0
-    correct = 0
-    for r in range(rows):
-        top, total = row_exp(logits, dy, r)
-        scale = inv_n / like(inv_n, total)
-        for j in range(classes):
-            dy[r, j] *= scale
-        label = labels[idx[r]]
-        dy[r, label] -= inv_n
-        loss += np.float64(top) + math.log(total) - np.float64(logits[r, label])
-        best = 0
-        for j in range(1, classes):
-            if logits[r, j] > logits[r, best]:
-                best = j
-        correct += best == label
+    loss, correct = _loss_and_grad(a, targets, idx, dy, inv_n)
 
     for layer in range(last, -1, -1):
         n_in, n_out, code, w_off, b_off, z_off, y_off, d_off = layers[layer]
@@ -283,7 +309,7 @@ def _slice(chunk, chunks, size):
 
 @njit(parallel=True, **_FLAGS)
 @stamped
-def train_batches(X, labels, order, first, count, batch_size, params, grads, partial, work, layers, alphas,
+def train_batches(X, targets, order, first, count, batch_size, params, grads, partial, work, layers, alphas,
                   nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
                   status):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
@@ -302,14 +328,14 @@ def train_batches(X, labels, order, first, count, batch_size, params, grads, par
         rows = stop - start
         block = (rows + threads - 1) // threads
         blocks = (rows + block - 1) // block
-        inv_n = like(work[0, 0], 1.0 / rows)
+        inv_n = 1.0 / rows
         loss = 0.0
         correct = 0
         for t in prange(blocks):
             lo = start + t * block
             hi = min(lo + block, stop)
             target = grads if t == 0 else partial[t - 1]
-            block_loss, block_correct = _rows_forward_backward(X, labels, order[lo:hi], params, target, work[t],
+            block_loss, block_correct = _rows_forward_backward(X, targets, order[lo:hi], params, target, work[t],
                                                                layers, alphas, nobias, gemm, ilp64, inv_n)
             loss += block_loss
             correct += block_correct

@@ -24,6 +24,7 @@ class DenseTrainer:
 
     def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
         self.params = params
+        self.labels = plan.loss == "cross_entropy"
         self.blas = blas
         self.threads = max(1, min(numba.get_num_threads(), batch_size // 16))
         block_rows = -(-batch_size // self.threads)
@@ -44,6 +45,11 @@ class DenseTrainer:
         self.ilp64 = blas.ilp64
         self.status = np.zeros(3, np.int64)
 
+    def inputs(self, X: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` and the targets in the layouts the kernel is compiled for (C order; labels as
+        int64), so that no other layout triggers a compilation of its own."""
+        return np.ascontiguousarray(X), np.ascontiguousarray(targets, np.int64 if self.labels else None)
+
     def __enter__(self) -> DenseTrainer:
         """For the whole of a training run: BLAS on one thread, since each row block calls GEMM
         from its own thread. Set once, not per call: raising OpenBLAS's thread count again
@@ -57,7 +63,7 @@ class DenseTrainer:
     def __exit__(self, *exc: object) -> None:
         self.blas.set_num_threads(self._previous_blas_threads)
 
-    def run(self, X: np.ndarray, labels: np.ndarray, order: np.ndarray, first: int, count: int,
+    def run(self, X: np.ndarray, targets: np.ndarray, order: np.ndarray, first: int, count: int,
             batch_size: int, optimizer: Any, state: dict[str, np.ndarray], grads: np.ndarray,
             snapshot: np.ndarray, batch_losses: np.ndarray, batch_correct: np.ndarray) -> tuple[int, str | None, int]:
         """Batches ``first .. first + count - 1``: ``(done, failure or None, failing batch)``; a
@@ -65,7 +71,7 @@ class DenseTrainer:
         hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
         rule = dense_step.RULES[optimizer.fused_rule]
         first_state, second_state = (state[name] for name in optimizer.fused_state)
-        dense_step.train_batches(X, labels, order, first, count, batch_size, self.params, grads, self.partial,
+        dense_step.train_batches(X, targets, order, first, count, batch_size, self.params, grads, self.partial,
                                  self.work, self.layers, self.alphas, self.nobias, self.gemm, self.ilp64,
                                  rule, hyper, first_state, second_state, optimizer.steps, snapshot,
                                  batch_losses, batch_correct, self.status)
