@@ -3,8 +3,10 @@
 Everything that can be checked is checked once, before the first step: shapes, dtypes, the
 feature count, non-finite inputs, labels out of range. The loop itself gathers each batch into
 reused buffers, runs forward, the fused loss+grad, backward and one fused optimizer update, and
-keeps per-batch losses on the backend. A guard checks every step for NaN and inf and can undo
-it; checkpoints make a run resumable bit for bit; Ctrl-C stops cleanly after a batch.
+keeps per-batch losses on the backend. A backend that trains a whole stack of dense layers in
+one kernel (``Backend.dense_trainer``) gets chunks of batches instead, with the same results.
+A guard checks every step for NaN and inf and can undo it; checkpoints make a run resumable bit
+for bit; Ctrl-C stops cleanly after a batch.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
 
     A NaN or inf in the loss, a gradient or the parameters raises ``NonFiniteError`` naming the
     epoch, the batch and the layer, with the network restored to its parameters before that
-    batch. Ctrl-C stops after the current batch and returns the history so far
+    batch. Ctrl-C stops after the current batch (after the current chunk of at most 32 batches
+    where the backend trains whole steps in one kernel) and returns the history so far
     (``history.interrupted`` is then True).
     """
     loss = _losses.get(loss)
