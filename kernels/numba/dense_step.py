@@ -38,13 +38,13 @@ from .scalar import CODES, ELU, GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, SILU
 
 # Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
 OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
-# Optimizer rules (fastnn.optimizers: Optimizer.fused_rule).
-RULES = {"sgd": 0, "adam": 1}
+# Optimizer rules (fastnn.optimizers: Optimizer.fused_rule) and their codes in the kernel.
 _SGD, _ADAM = 0, 1
+RULES = {"sgd": _SGD, "adam": _ADAM}
 
 _FLAGS = {"cache": True, "error_model": "numpy", "boundscheck": False}
-sgd_serial, sgd_parallel = sgd
-adam_serial, adam_parallel = adam
+sgd_serial = sgd[0]  # each thread updates its own slice: the serial builds
+adam_serial = adam[0]
 
 
 def _gemm_intrinsic(int_bits: int):
@@ -109,7 +109,9 @@ _BACKWARD = tuple(elementwise.backward[name][0] for name in CODES)
 @njit(**_FLAGS)
 @stamped
 def bias_activation(code, z, bias, y, alpha):
-    """z += bias, y = g(z); z, y (rows, cols)."""
+    """z += bias, y = g(z); z, y (rows, cols). A branch per code, not a table: jitted code cannot
+    index a tuple of distinct jitted functions at run time and stay cacheable, and the code must
+    reach each kernel as a compile-time constant for its loop to vectorise."""
     if code == RELU:
         _fw_relu(z, bias, y, alpha)
     elif code == LEAKY_RELU:
