@@ -3,9 +3,10 @@ in a single call (``Backend.dense_trainer``).
 
 The plan is data only: per layer its sizes, activation and where its weight and bias sit in
 the network's flat parameter buffer. ``Linear`` layers qualify, each optionally followed by an
-``Activation`` layer (folded into it when the ``Linear`` has none); any other layer, or a loss
-other than softmax cross-entropy on integer labels, gives no plan and ``fit`` keeps the
-per-layer path. Layers know nothing of this: the plan reads their public attributes.
+``Activation`` layer (folded into it when the ``Linear`` has none), trained with softmax
+cross-entropy on integer labels or with mean squared error on targets shaped like the output
+(seed 003's recipe). Any other layer or loss gives no plan, and ``fit`` keeps the per-layer
+path. Layers know nothing of this: the plan reads their public attributes.
 """
 
 from __future__ import annotations

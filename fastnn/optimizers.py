@@ -116,7 +116,7 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     fused_rule = "sgd"
-    fused_state = ("velocity", "velocity")
+    fused_state = ("velocity", "velocity")  # the rule takes two state buffers; SGD uses one
 
     def fused_hyperparameters(self) -> tuple[float, ...]:
         return (self.lr, self.momentum, float(self.nesterov), self.weight_decay)

@@ -338,7 +338,7 @@ def _fused_epoch(trainer: Any, network: Any, X: Any, target: Any, order: Any, ep
                  bar: Any, interrupt: dict[str, bool]) -> tuple[int, int]:
     """One epoch through the backend's trainer, a chunk of batches per call; returns the index
     of the last batch done and the samples seen. Failures raise as in the per-layer loop."""
-    n = X.shape[0]
+    n, started = X.shape[0], time.perf_counter()
     order = np.arange(n) if order is None else order
     _, grads = network.flat_parameters()
     done = seen = 0
@@ -355,7 +355,8 @@ def _fused_epoch(trainer: Any, network: Any, X: Any, target: Any, order: Any, ep
             raise guard.fail(epoch, bad + 1, what)
         if bar is not None:
             bar.update(seen - previously)
-            bar.set_postfix(loss=f"{float(batch_losses[done - 1]):.4f}")
+            bar.set_postfix(loss=f"{float(batch_losses[done - 1]):.4f}",
+                            rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
         if interrupt["stop"]:
             break
     return done - 1, seen

@@ -4,12 +4,13 @@ The per-kernel path makes ~25 Python-level calls per step (8 GEMMs, bias+activat
 backward, bias gradients, loss, optimizer, guard), which cost as much as the arithmetic on a
 small network (`python benchmarks/step_anatomy.py`). Here a chunk of mini-batches runs inside
 one call: gather, forward (GEMM via NumPy's own OpenBLAS, called from the kernel, then the fused
-bias+activation pass), softmax cross-entropy, backward, the gradient reduction, the NaN/inf
-guard and the optimizer update.
+bias+activation pass), the loss (softmax cross-entropy on labels, or MSE), backward, the
+gradient reduction, the NaN/inf guard and the optimizer update.
 
 Each batch is split into one row block per thread (``prange``): every thread runs the whole
 forward and backward on its rows with single-threaded GEMMs and writes its own weight
-gradients; the blocks' gradients are then summed in a fixed order. On these small shapes that
+gradients; then each thread sums the blocks' gradients over its own slice of the parameters,
+in a fixed order, and updates that slice. On these small shapes that
 keeps both cores busy for the entire step, where OpenBLAS's own threading syncs once per GEMM.
 Results match the per-kernel path to rounding (the batch sum is split in two), and are
 reproducible for a given thread count.
