@@ -5,10 +5,10 @@ cross-entropy, SGD, batch 64, float32) against its eight GEMMs alone, run back t
 
 "per-layer step" is the path of ~25 kernel calls every backend has; where the backend trains
 whole steps in one kernel (``Backend.dense_trainer``: the numba backend), "whole-step kernel"
-is that kernel's time per step over a 1437-sample epoch of 22 full batches, and "its GEMMs
-on half a batch" the eight GEMMs one of its two threads runs (single-threaded BLAS). If the
-GEMMs alone take about as long as the whole step, the step is GEMM-bound and fusing more of
-the elementwise work cannot make it faster.
+is that kernel's time per step over a 1437-sample epoch of 22 full batches, "its GEMMs on half
+a batch" the eight GEMMs one of its two threads runs (the register-tiled JIT GEMM of
+``kernels/numba/small_gemm.py``, which the trainer uses for layers this small), and "... with
+OpenBLAS" the same eight on single-threaded OpenBLAS, what the kernel used before.
 """
 
 from __future__ import annotations
@@ -107,7 +107,34 @@ def _whole_step(net, X, y, optimizer, backend, gemms):
         np.matmul(d[2], W[1], out=d[1])
         np.matmul(d[1].T, xb, out=g[0])
 
-    return [("whole-step kernel", epoch, batches), ("its GEMMs on half a batch", half_gemms, 1000)]
+    jit_gemms = _jit_half_gemms(W, half, z, g, d)
+    return [("whole-step kernel", epoch, batches), ("its GEMMs on half a batch", jit_gemms, 1000),
+            ("... with OpenBLAS", half_gemms, 1000)]
+
+
+def _jit_half_gemms(W, xb, z, g, d):
+    """1000 rounds of the eight half-batch GEMMs on the JIT kernel (W.T as the trainer keeps it)."""
+    from numba import njit
+
+    from fastnn.kernels.numba.small_gemm import gemm
+
+    @njit
+    def rounds(x, w0, w1, w2, t0, t1, t2, z0, z1, z2, g0, g1, g2, d1, d2):
+        one = np.float32(1)
+        rows = x.shape[0]
+        for _ in range(1000):
+            gemm(x.ctypes.data, 64, 1, t0.ctypes.data, 128, z0.ctypes.data, 128, rows, 128, 64, one)
+            gemm(z0.ctypes.data, 128, 1, t1.ctypes.data, 64, z1.ctypes.data, 64, rows, 64, 128, one)
+            gemm(z1.ctypes.data, 64, 1, t2.ctypes.data, 10, z2.ctypes.data, 10, rows, 10, 64, one)
+            gemm(z2.ctypes.data, 1, 10, z1.ctypes.data, 64, g2.ctypes.data, 64, 10, 64, rows, one)
+            gemm(z2.ctypes.data, 10, 1, w2.ctypes.data, 64, d2.ctypes.data, 64, rows, 64, 10, one)
+            gemm(d2.ctypes.data, 1, 64, z0.ctypes.data, 128, g1.ctypes.data, 128, 64, 128, rows, one)
+            gemm(d2.ctypes.data, 64, 1, w1.ctypes.data, 128, d1.ctypes.data, 128, rows, 128, 64, one)
+            gemm(d1.ctypes.data, 1, 128, x.ctypes.data, 64, g0.ctypes.data, 64, 128, 64, rows, one)
+
+    transposed = [np.ascontiguousarray(w.T) for w in W]
+    x = np.ascontiguousarray(xb)
+    return lambda: rounds(x, *W, *transposed, *z, *g, d[1], d[2])
 
 
 if __name__ == "__main__":

@@ -123,6 +123,51 @@ def test_whole_step_training_matches_the_per_layer_numpy_backend(digits, runs, d
     np.testing.assert_allclose(p_nb, p_np, **tol)
 
 
+@pytest.mark.parametrize("limit", [0, 5000], ids=["all BLAS", "BLAS and JIT"])
+def test_layers_with_large_weights_take_blas_and_train_the_same(digits, runs, dtype, monkeypatch, limit):
+    """The trainer gives a layer the JIT GEMM only when its weights are at most
+    SMALL_GEMM_MAX_BYTES (lowered here so the digits net's layers take BLAS: all of them, or
+    the 64x48 layer only); training still matches the NumPy backend."""
+    from fastnn.kernels.numba import trainer
+
+    made = []
+    init = trainer.DenseTrainer.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", limit)
+    monkeypatch.setattr(trainer.DenseTrainer, "__init__", recording)
+    X, y = digits
+    results = {}
+    for backend in ("numpy", "numba"):
+        net = _net(backend, dtype, ("tanh", "relu", None))
+        history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.1, momentum=0.9), epochs=2, batch_size=64, seed=3,
+                          progress=False)
+        results[backend] = history["loss"], net.flat_parameters()[0].copy()
+    assert runs
+    itemsize = np.dtype(dtype).itemsize
+    jit_layers = [bool(row[8] >= 0) for row in made[0].layers]
+    assert jit_layers == [row[0] * row[1] * itemsize <= limit for row in made[0].layers]
+    assert jit_layers == ([False] * 3 if limit == 0 else [False, dtype == np.float32, True])
+    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
+    np.testing.assert_allclose(results["numba"][0], results["numpy"][0], **tol)
+    np.testing.assert_allclose(results["numba"][1], results["numpy"][1], **tol)
+
+
+def test_small_layers_take_the_jit_gemm():
+    from fastnn.kernels.numba import trainer
+    from fastnn.kernels.numba.small_gemm import SMALL_GEMM_MAX_BYTES
+
+    net = _net("numba")
+    X, y = np.zeros((64, 64), np.float32), np.zeros(64, np.int64)
+    plan = dense_plan(net, fastnn.losses.CrossEntropy(), X, y)
+    made = net.backend.dense_trainer(plan, net.flat_parameters()[0], 64)
+    assert isinstance(made, trainer.DenseTrainer)
+    assert all(row[8] >= 0 for row in made.layers) and 64 * 48 * 4 <= SMALL_GEMM_MAX_BYTES
+
+
 def test_one_step_matches_the_float64_reference(digits):
     """One SGD step of a 2-layer net, checked against gradients written out by hand."""
     X, y = digits
@@ -235,7 +280,7 @@ def test_numpys_openblas_is_found_with_its_integer_width():
 
 @pytest.mark.parametrize("activation", list(fastnn.activations.ACTIVATIONS))
 def test_the_per_layer_passes_match_the_reference(activation, dtype):
-    """bias_activation and activation_backward_inplace, including NaN and +-inf."""
+    """bias_activation and activation_backward, including NaN and +-inf."""
     from fastnn.kernels.numba import dense_step
     from fastnn.kernels.numba.scalar import CODES
 
@@ -252,8 +297,8 @@ def test_the_per_layer_passes_match_the_reference(activation, dtype):
     np.testing.assert_allclose(z, z_ref, **tol)
     np.testing.assert_allclose(y, reference.forward(activation, z_ref, alpha), **tol)
     dy = rng.standard_normal((5, 7)).astype(dtype)
-    dz = dy.copy()
-    dense_step.activation_backward_inplace(CODES.index(activation), dz, z, y, dtype.type(alpha or 0.0))
+    dz = np.full_like(dy, np.nan)
+    dense_step.activation_backward(CODES.index(activation), dy, z, y, dz, dtype.type(alpha or 0.0))
     expected = dy.astype(np.float64) * reference.derivative(activation, z.astype(np.float64), alpha)
     if activation == "identity":
         expected = dy.astype(np.float64)

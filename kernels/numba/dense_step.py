@@ -3,9 +3,11 @@
 The per-kernel path makes ~25 Python-level calls per step (8 GEMMs, bias+activation, activation
 backward, bias gradients, loss, optimizer, guard), which cost as much as the arithmetic on a
 small network (`python benchmarks/step_anatomy.py`). Here a chunk of mini-batches runs inside
-one call: gather, forward (GEMM via NumPy's own OpenBLAS, called from the kernel, then the fused
-bias+activation pass), the loss (softmax cross-entropy on labels, or MSE), backward, the
-gradient reduction, the NaN/inf guard and the optimizer update.
+one call: gather, forward (GEMM, then the fused bias+activation pass), the loss (softmax
+cross-entropy on labels, or MSE), backward, the gradient reduction, the NaN/inf guard and the
+optimizer update. A layer's GEMMs run on the register-tiled JIT kernel of ``small_gemm`` when its
+weights are small (the forward then reads a transposed copy of them, ``wt``, refreshed after every
+update), and on NumPy's own OpenBLAS, called from the kernel, when they are not.
 
 Each batch is split into one row block per thread (``prange``): every thread runs the whole
 forward and backward on its rows with single-threaded GEMMs and writes its own weight
@@ -16,8 +18,10 @@ Results match the per-kernel path to rounding (the batch sum is split in two), a
 reproducible for a given thread count.
 
 Layer table ``layers`` (int64, one row per layer), offsets in elements:
-``[in, out, activation code, weight offset, bias offset or -1, z offset, y offset, dz offset]``
-(weights and biases in the flat parameter buffer; z, y, dz in a thread's row of ``work``).
+``[in, out, activation code, weight offset, bias offset or -1, z offset, y offset, dz offset,
+transposed-weight offset or -1, dy offset]`` (weights and biases in the flat parameter buffer;
+z, y, dz and dL/dy in a thread's row of ``work``; the transposed weights ``(in, out)`` in ``wt``;
+-1: BLAS for this layer).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from . import elementwise
+from . import elementwise, small_gemm
 from .blas import NO_TRANS, ROW_MAJOR, TRANS
 from .jit import stamped
 from .losses import row_exp
@@ -137,27 +141,30 @@ def bias_activation(code, z, bias, y, alpha):
 
 @njit(**_FLAGS)
 @stamped
-def activation_backward_inplace(code, dz, z, y, alpha):
-    """dz = dz * g'(z) in place (dz holds dL/dy on entry); all (rows, cols)."""
-    d, zf, yf = dz.reshape(dz.size), z.reshape(z.size), y.reshape(y.size)
+def activation_backward(code, dy, z, y, dz, alpha):
+    """dz = dy * g'(z); all (rows, cols), dz a buffer of its own: written in place over dy, the
+    loop ran 4x slower (LLVM's overlap check fails and it falls back to scalar code)."""
+    d, zf, yf, out = dy.reshape(dy.size), z.reshape(z.size), y.reshape(y.size), dz.reshape(dz.size)
     if code == RELU:
-        _bw_relu(d, zf, yf, d, alpha)
+        _bw_relu(d, zf, yf, out, alpha)
     elif code == LEAKY_RELU:
-        _bw_leaky_relu(d, zf, yf, d, alpha)
+        _bw_leaky_relu(d, zf, yf, out, alpha)
     elif code == SIGMOID:
-        _bw_sigmoid(d, zf, yf, d, alpha)
+        _bw_sigmoid(d, zf, yf, out, alpha)
     elif code == TANH:
-        _bw_tanh(d, zf, yf, d, alpha)
+        _bw_tanh(d, zf, yf, out, alpha)
     elif code == GELU:
-        _bw_gelu(d, zf, yf, d, alpha)
+        _bw_gelu(d, zf, yf, out, alpha)
     elif code == GELU_TANH:
-        _bw_gelu_tanh(d, zf, yf, d, alpha)
+        _bw_gelu_tanh(d, zf, yf, out, alpha)
     elif code == SILU:
-        _bw_silu(d, zf, yf, d, alpha)
+        _bw_silu(d, zf, yf, out, alpha)
     elif code == SOFTPLUS:
-        _bw_softplus(d, zf, yf, d, alpha)
+        _bw_softplus(d, zf, yf, out, alpha)
     elif code == ELU:
-        _bw_elu(d, zf, yf, d, alpha)
+        _bw_elu(d, zf, yf, out, alpha)
+    else:
+        _bw_identity(d, zf, yf, out, alpha)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"reassoc"})
@@ -225,7 +232,7 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
 
 @njit(**_FLAGS)
 @stamped
-def _rows_forward_backward(X, targets, idx, params, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n):
+def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n):
     """Forward and backward for the samples ``idx`` (one thread's rows), weight and bias
     gradients of their share of the batch mean into ``grads``. Returns (loss sum, correct)."""
     rows = idx.size
@@ -238,28 +245,37 @@ def _rows_forward_backward(X, targets, idx, params, grads, work, layers, alphas,
     a = x
     for layer in range(n_layers):
         n_in, n_out, code, w_off, b_off, z_off, y_off = layers[layer, :7]
+        wt_off = layers[layer, 8]
         z = _view(work, z_off, rows, n_out)
         y = _view(work, y_off, rows, n_out)
-        _gemm(gemm, ilp64, NO_TRANS, TRANS, rows, n_out, n_in, a.ctypes.data, n_in,
-              params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
+        if wt_off >= 0:  # z = a @ W.T, W.T (in, out) row-major
+            small_gemm.gemm(a.ctypes.data, n_in, 1, wt.ctypes.data + wt_off * itemsize, n_out, z.ctypes.data, n_out,
+                            rows, n_out, n_in, one)
+        else:
+            _gemm(gemm, ilp64, NO_TRANS, TRANS, rows, n_out, n_in, a.ctypes.data, n_in,
+                  params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
         bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
         bias_activation(code, z, bias, y, alphas[layer])
         a = y
 
     last = n_layers - 1
     classes = layers[last, 1]
-    dy = _view(work, layers[last, 7], rows, classes)
+    dy = _view(work, layers[last, 9], rows, classes)
     loss, correct = _loss_and_grad(a, targets, idx, dy, inv_n)
 
     for layer in range(last, -1, -1):
-        n_in, n_out, code, w_off, b_off, z_off, y_off, d_off = layers[layer]
+        n_in, n_out, code, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer]
         z = _view(work, z_off, rows, n_out)
         y = _view(work, y_off, rows, n_out)
         dz = _view(work, d_off, rows, n_out)
-        activation_backward_inplace(code, dz, z, y, alphas[layer])
+        activation_backward(code, _view(work, g_off, rows, n_out), z, y, dz, alphas[layer])
         a_prev = x if layer == 0 else _view(work, layers[layer - 1, 6], rows, n_in)
-        _gemm(gemm, ilp64, TRANS, NO_TRANS, n_out, n_in, rows, dz.ctypes.data, n_out, a_prev.ctypes.data, n_in,
-              grads.ctypes.data + w_off * itemsize, n_in, one)
+        w_grad = grads.ctypes.data + w_off * itemsize
+        if wt_off >= 0:  # dW = dz.T @ a_prev: dz.T is dz read with swapped strides
+            small_gemm.gemm(dz.ctypes.data, 1, n_out, a_prev.ctypes.data, n_in, w_grad, n_in, n_out, n_in, rows, one)
+        else:
+            _gemm(gemm, ilp64, TRANS, NO_TRANS, n_out, n_in, rows, dz.ctypes.data, n_out, a_prev.ctypes.data, n_in,
+                  w_grad, n_in, one)
         if b_off >= 0:
             db = grads[b_off:b_off + n_out]
             db[:] = 0
@@ -267,9 +283,13 @@ def _rows_forward_backward(X, targets, idx, params, grads, work, layers, alphas,
                 for j in range(n_out):
                     db[j] += dz[r, j]
         if layer > 0:
-            da = _view(work, layers[layer - 1, 7], rows, n_in)
-            _gemm(gemm, ilp64, NO_TRANS, NO_TRANS, rows, n_in, n_out, dz.ctypes.data, n_out,
-                  params.ctypes.data + w_off * itemsize, n_in, da.ctypes.data, n_in, one)
+            da = _view(work, layers[layer - 1, 9], rows, n_in)
+            weights = params.ctypes.data + w_off * itemsize
+            if wt_off >= 0:  # da = dz @ W
+                small_gemm.gemm(dz.ctypes.data, n_out, 1, weights, n_in, da.ctypes.data, n_in, rows, n_in, n_out, one)
+            else:
+                _gemm(gemm, ilp64, NO_TRANS, NO_TRANS, rows, n_in, n_out, dz.ctypes.data, n_out, weights, n_in,
+                      da.ctypes.data, n_in, one)
     return loss, correct
 
 
@@ -302,6 +322,32 @@ def add_all_finite(grads, source):
     return check == 0
 
 
+@njit(**_FLAGS)
+@stamped
+def transpose_weights(params, wt, layers, lo, hi):
+    """wt = W.T for the weights of ``params[lo:hi]`` of every layer that has a transposed copy
+    (a thread refreshes the part of the copies its slice of the parameters covers). The rows of
+    W the slice holds whole are copied a column band at a time: contiguous writes, which
+    vectorise (strided writes ran 3x slower)."""
+    for layer in range(layers.shape[0]):
+        n_in, n_out, w_off, wt_off = layers[layer, 0], layers[layer, 1], layers[layer, 3], layers[layer, 8]
+        first = max(lo, w_off) - w_off
+        stop = min(hi, w_off + n_in * n_out) - w_off
+        if wt_off < 0 or first >= stop:
+            continue
+        # Unsigned indices: Numba then skips its negative-index wraparound test on every
+        # access (2.6 vs 4.8 us for a 128x64 copy).
+        whole_from = min((first + n_in - 1) // n_in, stop // n_in)  # rows [whole_from, whole_to) are whole
+        whole_to = max(stop // n_in, whole_from)
+        for e in range(first, min(whole_from * n_in, stop)):  # the partial row before them
+            wt[wt_off + (e % n_in) * n_out + e // n_in] = params[w_off + e]
+        for i in range(n_in):
+            for o in range(whole_from, whole_to):
+                wt[np.uint64(wt_off + i * n_out + o)] = params[np.uint64(w_off + o * n_in + i)]
+        for e in range(max(whole_to * n_in, first), stop):  # the partial row after them
+            wt[wt_off + (e % n_in) * n_out + e // n_in] = params[w_off + e]
+
+
 @njit(inline="always", **_FLAGS)
 @stamped
 def _slice(chunk, chunks, size):
@@ -312,7 +358,7 @@ def _slice(chunk, chunks, size):
 
 @njit(parallel=True, **_FLAGS)
 @stamped
-def train_batches(X, targets, order, first, count, batch_size, params, grads, partial, work, layers, alphas,
+def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers, alphas,
                   nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
                   status):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
@@ -325,6 +371,7 @@ def train_batches(X, targets, order, first, count, batch_size, params, grads, pa
     grads_ok = np.ones(threads, np.bool_)
     params_ok = np.ones(threads, np.bool_)
     status[0], status[1], status[2] = 0, OK, 0
+    transpose_weights(params, wt, layers, 0, params.size)
     for batch in range(first, first + count):
         start = batch * batch_size
         stop = min(start + batch_size, n)
@@ -338,8 +385,8 @@ def train_batches(X, targets, order, first, count, batch_size, params, grads, pa
             lo = start + t * block
             hi = min(lo + block, stop)
             target = grads if t == 0 else partial[t - 1]
-            block_loss, block_correct = _rows_forward_backward(X, targets, order[lo:hi], params, target, work[t],
-                                                               layers, alphas, nobias, gemm, ilp64, inv_n)
+            block_loss, block_correct = _rows_forward_backward(X, targets, order[lo:hi], params, wt, target,
+                                                               work[t], layers, alphas, nobias, gemm, ilp64, inv_n)
             loss += block_loss
             correct += block_correct
         loss /= rows
@@ -366,6 +413,7 @@ def train_batches(X, targets, order, first, count, batch_size, params, grads, pa
                         step + batch - first + 1)
                 grads_ok[c] = ok
                 params_ok[c] = all_finite(params[lo:hi])
+                transpose_weights(params, wt, layers, lo, hi)
         if not (grads_ok.all() and params_ok.all()):
             params[:] = snapshot
             status[1], status[2] = GRAD_NOT_FINITE if not grads_ok.all() else UPDATE_NOT_FINITE, batch

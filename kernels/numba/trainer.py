@@ -11,6 +11,7 @@ import numpy as np
 from . import blas as _blas
 from . import dense_step
 from .scalar import CODES
+from .small_gemm import SMALL_GEMM_MAX_BYTES
 
 FAILURES = {dense_step.LOSS_NOT_FINITE: "loss", dense_step.GRAD_NOT_FINITE: "gradient",
             dense_step.UPDATE_NOT_FINITE: "update"}
@@ -19,8 +20,9 @@ FAILURES = {dense_step.LOSS_NOT_FINITE: "loss", dense_step.GRAD_NOT_FINITE: "gra
 class DenseTrainer:
     """Trains one ``fastnn.dense_plan.DensePlan`` network: ``run`` does a chunk of batches.
 
-    Each of ``threads`` row blocks gets its own workspace row (gathered inputs, then z, y and dz
-    per layer, each ``block_rows`` long) and, but the first, its own gradient buffer."""
+    Each of ``threads`` row blocks gets its own workspace row (gathered inputs, then z, y, dz and
+    dL/dy per layer, each ``block_rows`` long) and, but the first, its own gradient buffer. Layers whose
+    weights are small get the JIT GEMM and a slot in ``transposed_weights`` (see ``dense_step``)."""
 
     def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
         self.params = params
@@ -28,17 +30,23 @@ class DenseTrainer:
         self.blas = blas
         self.threads = max(1, min(numba.get_num_threads(), batch_size // 16))
         block_rows = -(-batch_size // self.threads)
-        table, offset = [], block_rows * plan.layers[0].in_features
+        table, offset, transposed = [], block_rows * plan.layers[0].in_features, 0
         for layer in plan.layers:
             size = block_rows * layer.out_features
+            weights = layer.in_features * layer.out_features
+            # small weights: the JIT GEMM, with a transposed copy for the forward; large: BLAS
+            small = weights * np.dtype(plan.dtype).itemsize <= SMALL_GEMM_MAX_BYTES
             table.append([layer.in_features, layer.out_features, CODES.index(layer.activation),
                           layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
-                          offset, offset + size, offset + 2 * size])
-            offset += 3 * size
+                          offset, offset + size, offset + 2 * size, transposed if small else -1,
+                          offset + 3 * size])
+            offset += 4 * size
+            transposed += weights if small else 0
         self.layers = np.array(table, np.int64)
         self.alphas = np.array([0.0 if layer.alpha is None else layer.alpha for layer in plan.layers], plan.dtype)
         self.nobias = np.zeros(max(layer.out_features for layer in plan.layers), plan.dtype)
         self.work = backend.empty((self.threads, offset), plan.dtype)
+        self.transposed_weights = backend.empty((max(transposed, 1),), plan.dtype)
         self.partial = backend.zeros((max(self.threads - 1, 1), params.size), plan.dtype)  # padding stays 0
         gemm = blas.sgemm if plan.dtype == np.float32 else blas.dgemm
         self.gemm = ctypes.cast(gemm, ctypes.c_void_p).value  # the kernel calls it by address
@@ -71,9 +79,9 @@ class DenseTrainer:
         hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
         rule = dense_step.RULES[optimizer.fused_rule]
         first_state, second_state = (state[name] for name in optimizer.fused_state)
-        dense_step.train_batches(X, targets, order, first, count, batch_size, self.params, grads, self.partial,
-                                 self.work, self.layers, self.alphas, self.nobias, self.gemm, self.ilp64,
-                                 rule, hyper, first_state, second_state, optimizer.steps, snapshot,
+        dense_step.train_batches(X, targets, order, first, count, batch_size, self.params, self.transposed_weights,
+                                 grads, self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
+                                 self.ilp64, rule, hyper, first_state, second_state, optimizer.steps, snapshot,
                                  batch_losses, batch_correct, self.status)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
