@@ -4,11 +4,14 @@
    parallel launch (waking the worker threads) costs more than it saves.
 2. The shape-specialised batched-matmul kernel vs NumPy's matmul (BLAS per matrix), by matrix
    size m = k = n at a fixed total of multiply-adds.
+3. The whole-step trainer's register-tiled GEMM vs single-threaded BLAS, on one thread's row
+   block times a layer's (transposed) weights, by weight size.
 
     python benchmarks/crossover.py
 
 The constants in kernels/numba/jit.py (PARALLEL_MIN_ELEMENTS) and kernels/numba/kernelset.py
-(SMALL_MATMUL_MACS) come from this script's output.
+(SMALL_MATMUL_MACS) and kernels/numba/small_gemm.py (SMALL_GEMM_MAX_BYTES) come from this
+script's output.
 """
 
 from __future__ import annotations
@@ -64,8 +67,42 @@ def matmul_crossover(total_macs: int = 1 << 24) -> int | None:
     return last_jit
 
 
+def small_gemm_crossover() -> int | None:
+    print("one row block @ a layer's weights (k x n), float32, one thread: JIT GEMM vs BLAS, GFLOP/s")
+    from numba import njit
+    from threadpoolctl import threadpool_limits
+
+    from fastnn.kernels.numba.small_gemm import gemm
+
+    @njit
+    def jit_rounds(a, b, c, rounds):
+        m, k = a.shape
+        n = b.shape[1]
+        for _ in range(rounds):
+            gemm(a.ctypes.data, k, 1, b.ctypes.data, n, c.ctypes.data, n, m, n, k, np.float32(1))
+
+    rng = np.random.default_rng(2)
+    largest = None
+    for rows in (32, 128):
+        for k, n in ((64, 128), (128, 256), (256, 256), (384, 384), (512, 512), (784, 1024), (1024, 1024)):
+            a, b = rng.random((rows, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
+            c = np.empty((rows, n), np.float32)
+            rounds = max(3, 300_000_000 // (2 * rows * k * n))
+            t_jit = _best(functools.partial(jit_rounds, a, b, c, rounds), 1) / rounds
+            with threadpool_limits(1, user_api="blas"):
+                t_blas = _best(functools.partial(np.matmul, a, b, out=c), rounds)
+            flops = 2 * rows * k * n
+            if t_jit < t_blas and rows == 32:
+                largest = max(largest or 0, k * n * 4)
+            print(f"  {rows:>3} rows, weights {k}x{n} ({k * n * 4 // 1024:>5} KiB)  jit {flops / t_jit / 1e9:6.0f}"
+                  f"  blas {flops / t_blas / 1e9:6.0f}  {'jit' if t_jit < t_blas else 'blas'} wins")
+    return largest
+
+
 if __name__ == "__main__":
     first_parallel = parallel_crossover()
     largest_jit = matmul_crossover()
+    largest_small = small_gemm_crossover()
     print(f"parallel builds pay from {first_parallel:,} elements; "
-          f"the JIT batched matmul wins up to {largest_jit:,} multiply-adds per matrix")
+          f"the JIT batched matmul wins up to {largest_jit:,} multiply-adds per matrix; "
+          f"the trainer's JIT GEMM wins up to weights of {largest_small or 0:,} bytes")

@@ -10,7 +10,7 @@ packing and buffer bookkeeping, and OpenBLAS's kernel choice is fixed per proces
 machines pin it to AVX2 with ``OPENBLAS_CORETYPE=Haswell``), while a JIT kernel is compiled for
 the CPU it runs on. Measured on this project's machine, one thread, float32
 (``python benchmarks/step_anatomy.py``): 32x128x64 in 2.8 us (OpenBLAS 6.8 us), the GEMMs of one
-half-batch of the digits network in ~15 us (OpenBLAS ~37 us). It has no cache blocking, so large
+half-batch of the digits network in ~14 us (OpenBLAS ~40 us). It has no cache blocking, so large
 operands (``B`` beyond L2, or rows 4 KiB apart) stay with BLAS: ``SMALL_GEMM_MAX_BYTES``.
 
 The micro-kernel is written in LLVM IR (Numba cannot name vector types): an ``MR x 2`` tile of
@@ -32,9 +32,11 @@ from numba.extending import intrinsic
 from .jit import stamped
 
 MR = 4  # rows per tile (4 x 2 vectors: 8 accumulators + 2 operand vectors + broadcasts)
-# Largest B operand (k * n * itemsize) given to this kernel rather than BLAS. Measured float32,
-# one thread: B of 32 KiB (64x128) 190 vs 81 GFLOP/s for OpenBLAS; 3 MiB (1024x784) 73 vs 106.
-SMALL_GEMM_MAX_BYTES = 128 * 1024
+# The largest weight matrix whose layer gets this kernel rather than BLAS. Measured float32, one
+# thread, 32 / 128 rows, GFLOP/s JIT vs OpenBLAS (Haswell kernels): weights 64x128 (32 KiB)
+# 210 vs 83 / 203 vs 103; 256x256 181 vs 89 / 196 vs 107; 512x512 (1 MiB) 142 vs 90 / 176 vs 111;
+# 784x1024 (3 MiB, rows 4 KiB apart) 85 vs 99 / 90 vs 113. (`python benchmarks/crossover.py`)
+SMALL_GEMM_MAX_BYTES = 1024 * 1024
 
 
 def _vector_bytes() -> int:
