@@ -13,7 +13,7 @@ the CPU it runs on. Measured on this project's machine, one thread, float32
 half-batch of the digits network in ~14 us (OpenBLAS ~40 us). It has no cache blocking, so large
 operands (``B`` beyond L2, or rows 4 KiB apart) stay with BLAS: ``SMALL_GEMM_MAX_BYTES``.
 
-The micro-kernel is written in LLVM IR (Numba cannot name vector types): an ``MR x 2`` tile of
+The micro-kernel is written in LLVM IR (Numba cannot name vector types; helpers in ``simd``): an ``MR x 2`` tile of
 vector accumulators (``MR`` rows, two vectors of columns) lives in registers for the whole ``k``
 loop; each step loads two vectors of a row of ``B``, broadcasts ``MR`` elements of ``A`` and issues
 ``2 MR`` fused multiply-adds. Columns past ``n`` are masked (``llvm.masked.load/store``), so any
@@ -23,13 +23,13 @@ loop; each step loads two vectors of a row of ``B``, broadcasts ``MR`` elements 
 
 from __future__ import annotations
 
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
 from .jit import stamped
+from .simd import I64, VECTOR_BYTES, declare, lane_mask, lanes, masked_load, masked_store, splat, suffix
 
 MR = 4  # rows per tile (4 x 2 vectors: 8 accumulators + 2 operand vectors + broadcasts)
 # The largest weight matrix whose layer gets this kernel rather than BLAS. Measured float32, one
@@ -37,15 +37,6 @@ MR = 4  # rows per tile (4 x 2 vectors: 8 accumulators + 2 operand vectors + bro
 # 210 vs 83 / 203 vs 103; 256x256 181 vs 89 / 196 vs 107; 512x512 (1 MiB) 142 vs 90 / 176 vs 111;
 # 784x1024 (3 MiB, rows 4 KiB apart) 85 vs 99 / 90 vs 113. (`python benchmarks/crossover.py`)
 SMALL_GEMM_MAX_BYTES = 1024 * 1024
-
-
-def _vector_bytes() -> int:
-    """The widest vectors the host's code generator targets: 64 with AVX-512, else 32."""
-    features = llvm.get_host_cpu_features()
-    return 64 if features.get("avx512f") else 32
-
-
-VECTOR_BYTES = _vector_bytes()
 
 
 def _tile_intrinsic(rows: int):
@@ -58,58 +49,35 @@ def _tile_intrinsic(rows: int):
         def codegen(context, builder, signature, args):
             a, sa_i, sa_k, b, ldb, c, ldc, k, n, _ = args
             scalar = context.get_value_type(signature.args[-1])
-            bits = 32 if isinstance(scalar, ir.FloatType) else 64
-            lanes = VECTOR_BYTES * 8 // bits
-            i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-            vec, mask_t, lane_t = ir.VectorType(scalar, lanes), ir.VectorType(i1, lanes), ir.VectorType(i64, lanes)
-            ptr, vptr = scalar.as_pointer(), vec.as_pointer()
-            suffix = f"v{lanes}f{bits}"
-            module = builder.module
-
-            def declare(name, ret, params):
-                existing = module.globals.get(name)
-                return existing if existing is not None else ir.Function(module, ir.FunctionType(ret, params), name)
-
-            masked_load = declare(f"llvm.masked.load.{suffix}.p0", vec, [vptr, i32, mask_t, vec])
-            masked_store = declare(f"llvm.masked.store.{suffix}.p0", ir.VoidType(), [vec, vptr, i32, mask_t])
-            fma = declare(f"llvm.fma.{suffix}", vec, [vec, vec, vec])
-            align = ir.Constant(i32, bits // 8)
-
-            def splat(value, vector_type):
-                one_lane = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one_lane, ir.Constant(vector_type, ir.Undefined),
-                                              ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-
-            a_ptr, b_ptr, c_ptr = (builder.inttoptr(p, ptr) for p in (a, b, c))
-            columns = splat(n, lane_t)
-            masks = [builder.icmp_signed("<", ir.Constant(lane_t, [v * lanes + j for j in range(lanes)]), columns)
-                     for v in range(2)]
-            zero = ir.Constant(vec, [0.0] * lanes)
+            count = lanes(scalar)
+            vec = ir.VectorType(scalar, count)
+            fma = declare(builder.module, f"llvm.fma.{suffix(scalar)}", vec, [vec, vec, vec])
+            a_ptr, b_ptr, c_ptr = (builder.inttoptr(p, scalar.as_pointer()) for p in (a, b, c))
+            masks = [lane_mask(builder, count, v * count, n) for v in range(2)]
+            zero = ir.Constant(vec, [0.0] * count)
 
             entry = builder.block
             loop = builder.append_basic_block("tile.loop")
             done = builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", k, ir.Constant(i64, 0)), loop, done)
+            builder.cbranch(builder.icmp_signed(">", k, ir.Constant(I64, 0)), loop, done)
 
             builder.position_at_end(loop)
-            kk = builder.phi(i64)
-            kk.add_incoming(ir.Constant(i64, 0), entry)
+            kk = builder.phi(I64)
+            kk.add_incoming(ir.Constant(I64, 0), entry)
             acc = [[builder.phi(vec) for _ in range(2)] for _ in range(rows)]
             for row in acc:
                 for phi in row:
                     phi.add_incoming(zero, entry)
             b_row = builder.mul(kk, ldb)
-            b_vectors = []
-            for v in range(2):
-                at = builder.gep(b_ptr, [builder.add(b_row, ir.Constant(i64, v * lanes))])
-                b_vectors.append(builder.call(masked_load, [builder.bitcast(at, vptr), align, masks[v], zero]))
+            b_vectors = [masked_load(builder, builder.gep(b_ptr, [builder.add(b_row, ir.Constant(I64, v * count))]),
+                                     masks[v], zero) for v in range(2)]
             a_col = builder.mul(kk, sa_k)
             updated = []
             for r in range(rows):
-                a_at = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(ir.Constant(i64, r), sa_i), a_col)]))
-                broadcast = splat(a_at, vec)
+                a_at = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(ir.Constant(I64, r), sa_i), a_col)]))
+                broadcast = splat(builder, a_at, vec)
                 updated.append([builder.call(fma, [broadcast, b_vectors[v], acc[r][v]]) for v in range(2)])
-            k_next = builder.add(kk, ir.Constant(i64, 1))
+            k_next = builder.add(kk, ir.Constant(I64, 1))
             kk.add_incoming(k_next, loop)
             for r in range(rows):
                 for v in range(2):
@@ -126,9 +94,8 @@ def _tile_intrinsic(rows: int):
                     results.append(result)
             for r in range(rows):
                 for v in range(2):
-                    at = builder.add(builder.mul(ir.Constant(i64, r), ldc), ir.Constant(i64, v * lanes))
-                    builder.call(masked_store, [results[2 * r + v], builder.bitcast(builder.gep(c_ptr, [at]), vptr),
-                                                align, masks[v]])
+                    at = builder.add(builder.mul(ir.Constant(I64, r), ldc), ir.Constant(I64, v * count))
+                    masked_store(builder, results[2 * r + v], builder.gep(c_ptr, [at]), masks[v])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -154,8 +121,7 @@ def _itemsize(typingctx, x):
 def gemm(a, sa_i, sa_k, b, ldb, c, ldc, m, n, k, one):
     """c[:m, :n] = A @ B; see the module docstring for the arguments."""
     itemsize = _itemsize(one)
-    lanes = VECTOR_BYTES // itemsize
-    width = 2 * lanes
+    width = 2 * VECTOR_BYTES // itemsize
     for j0 in range(0, n, width):
         cols = min(width, n - j0)
         b_at = b + j0 * itemsize
