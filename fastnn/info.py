@@ -27,8 +27,7 @@ def blas_info() -> list[dict[str, Any]]:
                                             "architecture", "filepath")} for pool in threadpool_info()]
 
 
-# OpenBLAS kernel families that use at most AVX2 (OpenBLAS 0.3.31 picks Haswell kernels on AMD
-# Zen 4/5, which have AVX-512).
+# OpenBLAS kernel families that use at most AVX2.
 _AVX2_ONLY_KERNELS = {"haswell", "zen", "sandybridge"}
 
 
@@ -38,16 +37,21 @@ def _cpu_flags() -> set[str]:
     return set(_cpuinfo().get("flags", "").split())
 
 
-def blas_hints(pools: list[dict[str, Any]], flags: set[str]) -> list[str]:
-    """Advice for a BLAS that leaves the CPU's widest vectors unused."""
+def blas_hints(pools: list[dict[str, Any]], flags: set[str], coretype: str | None = None) -> list[str]:
+    """Advice for a BLAS that leaves the CPU's widest vectors unused; ``coretype`` is the
+    OPENBLAS_CORETYPE of the environment, if any (OpenBLAS's own detection picks SkylakeX
+    kernels on this project's Zen 5 CPUs; the machines' environment pins Haswell)."""
     hints = []
     for pool in pools:
         arch = str(pool.get("architecture") or "").lower()
         if pool.get("internal_api") == "openblas" and arch in _AVX2_ONLY_KERNELS and "avx512f" in flags:
-            hints.append(f"this CPU has AVX-512 but OpenBLAS runs its {pool['architecture']} (AVX2) kernels: "
-                         "export OPENBLAS_CORETYPE=SkylakeX before starting Python to use them (on this "
+            why = (f"OPENBLAS_CORETYPE={coretype} is set in the environment" if coretype
+                   else "OpenBLAS did not pick its AVX-512 kernels")
+            hints.append(f"this CPU has AVX-512 but OpenBLAS runs its {pool['architecture']} (AVX2) kernels "
+                         f"({why}): OPENBLAS_CORETYPE=SkylakeX before Python starts would use them (on this "
                          "project's AMD EPYC, `fastnn bench --section matrix`: 1024x1024 float32 GEMM "
-                         "224 -> 423 GFLOP/s)")
+                         "224 -> 423 GFLOP/s); the numba backend's whole-step trainer does not depend on it "
+                         "for small layers (its JIT GEMM is compiled for this CPU)")
     return hints
 
 
@@ -69,6 +73,7 @@ def collect() -> dict[str, Any]:
         "versions": versions,
         "blas": blas_info(),
         "cpu_flags": _cpu_flags(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "devices": "none usable" if backends["cupy"] else "CUDA via CuPy",
     }
 
@@ -90,7 +95,8 @@ def render(report: dict[str, Any]) -> str:
         for pool in report["blas"]:
             lines.append(f"  {pool['user_api']}: {pool['internal_api']} {pool['version']} "
                          f"({pool['architecture']}), {pool['num_threads']} thread(s)")
-        lines += [f"  hint: {hint}" for hint in blas_hints(report["blas"], report["cpu_flags"])]
+        hints = blas_hints(report["blas"], report["cpu_flags"], report["openblas_coretype"])
+        lines += [f"  hint: {hint}" for hint in hints]
     else:
         lines.append("  (install threadpoolctl to list them)")
     lines += ["", f"GPU devices: {report['devices']}"]

@@ -65,5 +65,6 @@ def test_info_hints_at_openblas_avx2_kernels_on_an_avx512_cpu():
 
     pool = {"internal_api": "openblas", "architecture": "Haswell", "user_api": "blas"}
     assert "OPENBLAS_CORETYPE=SkylakeX" in blas_hints([pool], {"avx2", "avx512f"})[0]
+    assert "OPENBLAS_CORETYPE=Haswell is set" in blas_hints([pool], {"avx512f"}, "Haswell")[0]
     assert blas_hints([pool], {"avx2"}) == []  # an AVX2-only CPU: Haswell kernels are right
     assert blas_hints([{**pool, "architecture": "SkylakeX"}], {"avx512f"}) == []
