@@ -207,7 +207,7 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
                 best = j
         if targets.ndim == 1:
             top, total = row_exp(out, dy, r)
-            scale = inv_n / total
+            scale = like(dy[r, 0], inv_n / total)  # in dy's precision, as in losses.py
             for j in range(classes):
                 dy[r, j] *= scale
             label = targets[idx[r]]

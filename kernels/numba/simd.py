@@ -4,13 +4,14 @@ Numba has no vector types, so these are ``@intrinsic``s that emit IR with explic
 widest width the host's code generator targets (``VECTOR_BYTES``). LLVM legalises any width on
 any x86-64 CPU (a 64-byte vector becomes two 32-byte ones without AVX-512), so the choice only
 affects speed, never results. Shared by ``small_gemm`` (its micro-kernel) and ``losses`` (the
-row maximum of the softmax kernels).
+row maximum and the prefetch of the next row in the softmax kernels).
 """
 
 from __future__ import annotations
 
 from llvmlite import binding as llvm
 from llvmlite import ir
+from numba.core import types
 from numba.extending import intrinsic
 
 
@@ -122,3 +123,18 @@ def max_skipping_nan(typingctx, address, n, first):
         return result
 
     return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, address):
+    """Ask for the cache line at ``address`` to be loaded (a hint: never faults, any address)."""
+
+    def codegen(context, builder, signature, args):
+        byte_pointer = ir.IntType(8).as_pointer()
+        function = declare(builder.module, "llvm.prefetch.p0", ir.VoidType(), [byte_pointer, I32, I32, I32])
+        # read, keep in all cache levels, data cache
+        builder.call(function, [builder.inttoptr(args[0], byte_pointer), ir.Constant(I32, 0), ir.Constant(I32, 3),
+                                ir.Constant(I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(address), codegen
