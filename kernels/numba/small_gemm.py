@@ -8,15 +8,16 @@ operand is just other strides), ``B`` is row-major ``(k, n)`` with leading dimen
 Why not BLAS here: on 32-row blocks of a small MLP, an OpenBLAS call spends much of its time on
 packing and buffer bookkeeping, and OpenBLAS's kernel choice is fixed per process (this project's
 machines pin it to AVX2 with ``OPENBLAS_CORETYPE=Haswell``), while a JIT kernel is compiled for
-the CPU it runs on. Measured on this project's machine, one thread, float32
-(``python benchmarks/step_anatomy.py``): 32x128x64 in 2.8 us (OpenBLAS 6.8 us), the GEMMs of one
-half-batch of the digits network in ~14 us (OpenBLAS ~40 us). It has no cache blocking, so large
-operands (``B`` beyond L2, or rows 4 KiB apart) stay with BLAS: ``SMALL_GEMM_MAX_BYTES``.
+the CPU it runs on. Measured on this project's machine, one thread, float32: the eight GEMMs of
+one half-batch of the digits network in ~14 us against ~40 us on OpenBLAS
+(``python benchmarks/step_anatomy.py``), 32 rows times 64x128 weights at 208 against 84 GFLOP/s
+(``python benchmarks/crossover.py``). It has no cache blocking, so large operands (``B`` beyond
+L2, or rows 4 KiB apart) stay with BLAS: ``SMALL_GEMM_MAX_BYTES``.
 
-The micro-kernel is written in LLVM IR (Numba cannot name vector types; helpers in ``simd``): an ``MR x 2`` tile of
-vector accumulators (``MR`` rows, two vectors of columns) lives in registers for the whole ``k``
-loop; each step loads two vectors of a row of ``B``, broadcasts ``MR`` elements of ``A`` and issues
-``2 MR`` fused multiply-adds. Columns past ``n`` are masked (``llvm.masked.load/store``), so any
+The micro-kernel is written in LLVM IR (Numba cannot name vector types; helpers in ``simd``): an
+``MR x 2`` tile of vector accumulators (``MR`` rows, two vectors of columns) lives in registers
+for the whole ``k`` loop; each step loads two vectors of a row of ``B``, broadcasts ``MR``
+elements of ``A`` and issues ``2 MR`` fused multiply-adds. Columns past ``n`` are masked (``llvm.masked.load/store``), so any
 ``n`` works and nothing past the matrices is read or written. Sums run in ``k`` order per element
 (one rounding per FMA): results differ from BLAS's only by rounding.
 """
