@@ -22,8 +22,8 @@ from .simd import max_skipping_nan, prefetch
 
 
 def _row_max(z, i):
-    """max(z[i]) ignoring NaN (NaN if z[i, 0] is NaN), one vector compare per 16 elements
-    (``simd.max_skipping_nan``) when the row is contiguous: 0.31 -> 0.05 ms for the row maxima
+    """max(z[i]) ignoring NaN (NaN if z[i, 0] is NaN), one vector compare per vector of elements
+    (``simd.max_skipping_nan``) when the row is contiguous: 0.31 -> 0.16 ms for the row maxima
     of 4096x1000 float32; a scalar fold otherwise."""
     cols = z.shape[1]
     if z.strides[1] == z.itemsize:

@@ -17,9 +17,10 @@ L2, or rows 4 KiB apart) stay with BLAS: ``SMALL_GEMM_MAX_BYTES``.
 The micro-kernel is written in LLVM IR (Numba cannot name vector types; helpers in ``simd``): an
 ``MR x 2`` tile of vector accumulators (``MR`` rows, two vectors of columns) lives in registers
 for the whole ``k`` loop; each step loads two vectors of a row of ``B``, broadcasts ``MR``
-elements of ``A`` and issues ``2 MR`` fused multiply-adds. Columns past ``n`` are masked (``llvm.masked.load/store``), so any
-``n`` works and nothing past the matrices is read or written. Sums run in ``k`` order per element
-(one rounding per FMA): results differ from BLAS's only by rounding.
+elements of ``A`` and issues ``2 MR`` fused multiply-adds. Columns past ``n`` are masked
+(``llvm.masked.load/store``), so any ``n`` works and nothing past the matrices is read or
+written. Sums run in ``k`` order per element (one rounding per FMA): results differ from BLAS's
+only by rounding.
 """
 
 from __future__ import annotations
