@@ -4,7 +4,11 @@ applies, the same training as the per-layer path, the same guard, and out of the
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import textwrap
 
+import numba
 import numpy as np
 import pytest
 
@@ -186,6 +190,55 @@ def test_one_step_matches_the_float64_reference(digits):
     assert history["loss"][0] == pytest.approx(loss, rel=1e-12)
     for got, want in zip(net.parameters(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+# In a child process: were a thread to wait for one that never comes, the test fails on the
+# timeout instead of hanging the suite.
+ONE_THREAD_RUNS_EVERY_BLOCK = textwrap.dedent("""
+    import numba
+    import numpy as np
+    import fastnn
+    from fastnn.kernels.numba import trainer
+
+    def train(threads_at_run_time):
+        X, _, y, _ = fastnn.datasets.digits()
+        with fastnn.use_backend("numba"):
+            net = fastnn.Network([fastnn.Linear(64, 48, "relu", seed=0), fastnn.Linear(48, 10, seed=1)])
+            run = trainer.DenseTrainer.run
+
+            def run_on(self, *args, **kwargs):
+                assert self.threads == 2  # the batches still split into two row blocks
+                numba.set_num_threads(threads_at_run_time)
+                try:
+                    return run(self, *args, **kwargs)
+                finally:
+                    numba.set_num_threads(2)
+
+            trainer.DenseTrainer.run = run_on
+            try:
+                history = net.fit(X[:300], y[:300], "cross_entropy", fastnn.SGD(0.1), epochs=2, batch_size=64,
+                                  seed=3, progress=False)
+            finally:
+                trainer.DenseTrainer.run = run
+        return history["loss"], net.flat_parameters()[0].copy()
+
+    numba.set_num_threads(2)
+    (loss_2, params_2), (loss_1, params_1) = train(2), train(1)
+    assert loss_1 == loss_2, (loss_1, loss_2)
+    assert np.array_equal(params_1, params_2)
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs numba to allow two threads")
+def test_one_thread_running_both_row_blocks_trains_bit_for_bit_the_same():
+    """The kernel's threads share each batch's row blocks and parameter slices by claiming them
+    (``atomics``): with one thread left at run time it runs all of them itself, and since each
+    block writes its own buffers and the sums keep their order, nothing changes."""
+    result = subprocess.run([sys.executable, "-c", ONE_THREAD_RUNS_EVERY_BLOCK], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def test_an_overflowing_update_stops_with_the_parameters_from_before_that_batch(digits, runs):
