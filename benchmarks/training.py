@@ -7,14 +7,20 @@ ReLU, softmax cross-entropy, SGD (lr 0.1), float32, shuffled each epoch. Each co
 ``--epochs`` epochs per repeat; the median samples/s of the repeats is reported after one
 warm-up repeat. PyTorch uses the same thread count as NumPy's BLAS.
 
-    python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5]
+    python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5] [--busy]
+
+``--busy`` runs a busy-looping process beside every contender: more runnable threads than CPUs,
+as when a machine is shared, which is where waiting threads must give way rather than spin.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -113,6 +119,18 @@ def settle() -> None:
     time.sleep(0.3)
 
 
+@contextlib.contextmanager
+def busy_process(enabled: bool):
+    """A second process spinning on one CPU while the block runs (when ``enabled``)."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if enabled else None
+    try:
+        yield
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+
+
 def blas_threads() -> int:
     try:
         from threadpoolctl import threadpool_info
@@ -128,6 +146,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--net", choices=sorted(NETS), default="digits")
+    parser.add_argument("--busy", action="store_true", help="a busy-looping process runs beside every contender")
     args = parser.parse_args(argv)
     global LAYERS, BATCH
     LAYERS, BATCH = NETS[args.net]
@@ -141,28 +160,30 @@ def main(argv=None) -> dict:
     results: dict[str, list[float]] = {"fastnn": [], "numpy loop": []}
     if args.backend != "numpy":
         results["fastnn numpy"] = []  # the NumPy backend, the bar the other backends must clear
-    for repeat in range(args.repeats + 1):  # repeat 0 warms up (BLAS threads, caches, JIT)
-        settle()
-        fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)
-        settle()
-        loop = numpy_loop_samples_per_s(X, y, args.epochs)
-        if "fastnn numpy" in results:
+    with busy_process(args.busy):
+        for repeat in range(args.repeats + 1):  # repeat 0 warms up (BLAS threads, caches, JIT)
             settle()
-            reference, _ = fastnn_samples_per_s(X, y, args.epochs, "numpy")
-        if repeat:
-            results["fastnn"].append(fast)
-            results["numpy loop"].append(loop)
+            fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)
+            settle()
+            loop = numpy_loop_samples_per_s(X, y, args.epochs)
             if "fastnn numpy" in results:
-                results["fastnn numpy"].append(reference)
-    # PyTorch runs afterwards in a child process while this one waits: its OpenMP workers keep
-    # spinning after each op and would steal the second core from anything run beside them.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
-                                             args.net).result()
+                settle()
+                reference, _ = fastnn_samples_per_s(X, y, args.epochs, "numpy")
+            if repeat:
+                results["fastnn"].append(fast)
+                results["numpy loop"].append(loop)
+                if "fastnn numpy" in results:
+                    results["fastnn numpy"].append(reference)
+        # PyTorch runs afterwards in a child process while this one waits: its OpenMP workers keep
+        # spinning after each op and would steal the second core from anything run beside them.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
+                                                 args.net).result()
     medians = {name: statistics.median(v) for name, v in results.items() if v}
     print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
           f"{args.epochs} epochs x {args.repeats} repeats, "
-          f"{threads} BLAS thread(s); fastnn backend {args.backend!r}, final loss {loss:.4f}")
+          f"{threads} BLAS thread(s); fastnn backend {args.backend!r}, final loss {loss:.4f}"
+          + (", beside a busy process" if args.busy else ""))
     for name, values in results.items():
         if values:
             print(f"  {name:12s} median {medians[name]:>10,.0f} samples/s  "
