@@ -25,26 +25,31 @@ PHASES = textwrap.dedent("""
     from fastnn.kernels.numba import atomics
 
     @njit(parallel=True)
-    def phases(workers, tasks, phase_count, runs, seen_done):
-        sync = np.zeros(2 * phase_count, np.int64)
-        for _ in prange(workers):
+    def phases(workers, tasks, phase_count, runs, seen_done, ran_by):
+        sync = np.zeros((phase_count, 1 + tasks), np.int64)
+        for worker in prange(workers):
             for p in range(phase_count):
-                t = atomics.claim(sync, p)
-                while t < tasks:
-                    runs[p, t] += 1
-                    # what this task sees of the phase before: all of it done
-                    seen_done[p, t] = atomics.load(sync, 2 * (p - 1) + 1) if p > 0 else tasks
-                    atomics.finish(sync, p)
-                    t = atomics.claim(sync, p)
-                atomics.wait(sync, p, tasks)
+                phase = sync[p]
+                for k in range(tasks):
+                    t = (worker + k) % tasks
+                    if atomics.claim(phase, t):
+                        runs[p, t] += 1
+                        ran_by[p, t] = worker
+                        # what this task sees of the phase before: all of it done
+                        seen_done[p, t] = atomics.load(sync[p - 1], 0) if p > 0 else tasks
+                        atomics.finish(phase)
+                atomics.wait(phase, tasks)
 
     numba.set_num_threads(int(sys.argv[1]))
     workers, tasks, phase_count = 4, 3, 200
     runs = np.zeros((phase_count, tasks), np.int64)
     seen = np.zeros((phase_count, tasks), np.int64)
-    phases(workers, tasks, phase_count, runs, seen)
+    ran_by = np.full((phase_count, tasks), -1, np.int64)
+    phases(workers, tasks, phase_count, runs, seen, ran_by)
     assert (runs == 1).all(), runs
     assert (seen == tasks).all(), seen
+    if numba.get_num_threads() == 1:  # iterations one after another: the first runs everything
+        assert (ran_by == 0).all(), ran_by
     print("ok")
 """)
 
@@ -73,3 +78,35 @@ def test_fetch_add_returns_the_value_before():
     counters = np.array([7, 10, 9], np.int64)
     assert add_twice(counters) == (10, 15, 13)
     assert counters.tolist() == [7, 13, 9]
+
+
+def test_a_task_is_claimed_once_and_done_counts_up():
+    from numba import njit
+
+    from fastnn.kernels.numba import atomics
+
+    @njit
+    def claim_twice_and_finish(phase):
+        first, again, other = atomics.claim(phase, 1), atomics.claim(phase, 1), atomics.claim(phase, 0)
+        atomics.finish(phase)
+        atomics.finish(phase)
+        atomics.wait(phase, 2)  # both done: returns at once
+        return first, again, other
+
+    phase = np.zeros(3, np.int64)
+    assert claim_twice_and_finish(phase) == (True, False, True)
+    assert phase[0] == 2
+
+
+def test_the_intrinsics_refuse_what_they_are_not_written_for():
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from fastnn.kernels.numba import atomics
+
+    @njit
+    def add(counters):
+        return atomics.fetch_add(counters, 0, 1)
+
+    with pytest.raises(TypingError):
+        add(np.zeros(2, np.int32))

@@ -1,14 +1,14 @@
 """Atomic counters for threads that cooperate inside one ``prange`` loop (LLVM atomics through
 ``@intrinsic``: Numba's CPU target has none).
 
-``claim``, ``finish`` and ``wait`` make phases of tasks out of them: each phase's tasks are
-claimed from a shared counter by whichever thread gets there first, and a thread waits for the
-whole phase only after claiming every task left. A thread that does not come (a ``prange``
-iteration the runtime starts late, or runs after the others on the same thread) therefore holds
-nobody up: the others run its tasks, and it later finds them done. A task writes only to
-buffers chosen by its index, never by the thread, so results do not depend on who ran what.
-Counters are a C-contiguous int64 array: ``[2 p]`` counts the claims of phase ``p``, ``[2 p + 1]``
-its tasks done.
+``claim``, ``finish`` and ``wait`` make phases of tasks out of them. A phase is one row of an
+int64 array, ``[tasks done, claimed flag of task 0, of task 1, ...]``. Each thread tries its own
+task first and then the others, and runs the ones it claims; it waits for the whole phase only
+after trying all of them. A thread that does not come (a ``prange`` iteration the runtime starts
+late, or runs after the others on the same thread) therefore holds nobody up: the others run
+its tasks, and it later finds them done. A task writes only to buffers chosen by its index,
+never by the thread, so results do not depend on who ran what; trying its own task first keeps
+a thread on the same buffers from one batch to the next while both are on time.
 """
 
 from __future__ import annotations
@@ -101,25 +101,25 @@ def yield_cpu(typingctx):
 
 @njit(inline="always", cache=True)
 @stamped
-def claim(counters, phase):
-    """The next task of ``phase`` for this thread: the phase's claim counter, then incremented."""
-    return fetch_add(counters, 2 * phase, 1)
+def claim(phase, task):
+    """True if this thread is the first to claim ``task`` of ``phase`` (then it must run it)."""
+    return fetch_add(phase, 1 + task, 1) == 0
 
 
 @njit(inline="always", cache=True)
 @stamped
-def finish(counters, phase):
+def finish(phase):
     """Mark one task of ``phase`` done (after its writes)."""
-    fetch_add(counters, 2 * phase + 1, 1)
+    fetch_add(phase, 0, 1)
 
 
 @njit(inline="always", cache=True)
 @stamped
-def wait(counters, phase, tasks):
+def wait(phase, tasks):
     """Wait until all ``tasks`` of ``phase`` are done (every one is claimed by now, so each is
     being run by a thread that is running): spin, then yield the CPU between looks."""
     spins = 0
-    while load(counters, 2 * phase + 1) < tasks:
+    while load(phase, 0) < tasks:
         if spins < SPINS_BEFORE_YIELD:
             pause()
             spins += 1

@@ -431,38 +431,41 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
     values."""
     n = order.size
     threads = work.shape[0]
-    sync = np.zeros(4 * count, np.int64)  # two phases a batch: [claimed, done] each
+    # two phases a batch, a row each: [tasks done, claimed flag per task] (``atomics``)
+    sync = np.zeros((2 * count, 1 + threads), np.int64)
     block_loss = np.zeros((count, threads))
     block_correct = np.zeros((count, threads), np.int64)
     grads_ok = np.ones((count, threads), np.bool_)
     params_ok = np.ones((count, threads), np.bool_)
     status[0], status[1], status[2] = 0, OK, 0
     transpose_weights(params, wt, layers, 0, params.size)
-    for _ in prange(threads):
+    for worker in prange(threads):
         for batch in range(first, first + count):
             i = batch - first
             start = batch * batch_size
             stop = min(start + batch_size, n)
             rows = stop - start
             block, blocks = _row_blocks(rows, threads)
-            t = atomics.claim(sync, 2 * i)
-            while t < blocks:
-                _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers,
-                            alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i])
-                atomics.finish(sync, 2 * i)
-                t = atomics.claim(sync, 2 * i)
-            atomics.wait(sync, 2 * i, blocks)
+            phase = sync[2 * i]
+            for k in range(blocks):  # its own block first, then any left
+                t = (worker + k) % blocks
+                if atomics.claim(phase, t):
+                    _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers,
+                                alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i])
+                    atomics.finish(phase)
+            atomics.wait(phase, blocks)
             if not math.isfinite(block_loss[i, :blocks].sum()):
                 break
             # Phase two, split across the threads too: a serial tail would let the idle thread
             # sleep, whose wake-up then delays the next batch (measured 53 -> 76 us a step).
-            c = atomics.claim(sync, 2 * i + 1)
-            while c < threads:
-                _slice_task(c, threads, blocks, params, wt, grads, partial, layers, rule, hyper, state1, state2,
-                            step + i + 1, snapshot, grads_ok[i], params_ok[i])
-                atomics.finish(sync, 2 * i + 1)
-                c = atomics.claim(sync, 2 * i + 1)
-            atomics.wait(sync, 2 * i + 1, threads)
+            phase = sync[2 * i + 1]
+            for k in range(threads):
+                c = (worker + k) % threads
+                if atomics.claim(phase, c):
+                    _slice_task(c, threads, blocks, params, wt, grads, partial, layers, rule, hyper, state1, state2,
+                                step + i + 1, snapshot, grads_ok[i], params_ok[i])
+                    atomics.finish(phase)
+            atomics.wait(phase, threads)
             if not (grads_ok[i].all() and params_ok[i].all()):
                 break
     # Every thread stopped at the same batch; record it. As in the per-layer path, the
