@@ -1,5 +1,6 @@
 """The hand-written vector code of ``kernels/numba/simd.py``: the NaN-skipping row maximum the
-softmax kernels use, against the scalar fold it replaces."""
+softmax kernels use, against the scalar fold it replaces, and the register-tile transpose the
+whole-step trainer refreshes its transposed weights with."""
 
 from __future__ import annotations
 
@@ -52,3 +53,29 @@ def test_a_nan_first_element_gives_nan_and_a_later_one_is_skipped():
     assert row_max(z, 0) == 39
     z[0, 0] = np.nan
     assert np.isnan(row_max(z, 0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), data=st.data())
+def test_transpose_tile_writes_the_transpose_and_nothing_else(dtype, data):
+    """Any tile up to a vector's lanes on each side, between arrays wider than it (row strides
+    of their own); the cells around the tile on both sides stay as they were."""
+    from numba import njit
+
+    from fastnn.kernels.numba import simd
+
+    @njit
+    def transpose(source, destination, rows, cols, one):
+        simd.transpose_tile(source.ctypes.data, source.shape[1], destination.ctypes.data, destination.shape[1],
+                            rows, cols, one)
+
+    lanes = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rows, cols = data.draw(st.integers(0, lanes)), data.draw(st.integers(0, lanes))
+    source = np.random.default_rng(rows * 31 + cols).standard_normal((lanes + 2, lanes + data.draw(st.integers(0, 9))))
+    source = source.astype(dtype)
+    source[0, 0] = np.nan  # carried like any value
+    destination = np.full((lanes + 3, lanes + data.draw(st.integers(0, 9))), -7.0, dtype)
+    transpose(source, destination, rows, cols, dtype(1))
+    want = np.full_like(destination, -7.0)
+    want[:cols, :rows] = source[:rows, :cols].T
+    np.testing.assert_array_equal(destination, want)

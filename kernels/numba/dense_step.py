@@ -36,7 +36,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from . import atomics, elementwise, small_gemm
+from . import atomics, elementwise, simd, small_gemm
 from .blas import NO_TRANS, ROW_MAJOR, TRANS
 from .jit import stamped
 from .losses import row_exp
@@ -341,8 +341,10 @@ def add_all_finite(grads, source):
 def transpose_weights(params, wt, layers, lo, hi):
     """wt = W.T for the weights of ``params[lo:hi]`` of every layer that has a transposed copy
     (a thread refreshes the part of the copies its slice of the parameters covers). The rows of
-    W the slice holds whole are copied as one band of columns of the copy: contiguous writes
-    (strided writes ran 3x slower)."""
+    W the slice holds whole are copied as one band of columns of the copy, tile by tile."""
+    itemsize = params.itemsize
+    tile = simd.VECTOR_BYTES // itemsize
+    one = like(params[0], 1.0)
     for layer in range(layers.shape[0]):
         n_in, n_out, w_off, wt_off = layers[layer, 0], layers[layer, 1], layers[layer, 3], layers[layer, 8]
         first = max(lo, w_off) - w_off
@@ -353,13 +355,15 @@ def transpose_weights(params, wt, layers, lo, hi):
         whole_to = max(stop // n_in, whole_from)
         for e in range(first, min(whole_from * n_in, stop)):  # the partial row before them
             wt[wt_off + (e % n_in) * n_out + e // n_in] = params[w_off + e]
-        # The band as 2-D views indexed from 0: loops whose indices Numba cannot prove
-        # non-negative keep a wraparound test per access (4.8 vs 1.9 us for 128x64).
-        w = params[w_off:w_off + n_in * n_out].reshape((n_out, n_in))[whole_from:whole_to]
-        t = wt[wt_off:wt_off + n_in * n_out].reshape((n_in, n_out))[:, whole_from:whole_to]
-        for i in range(n_in):
-            for o in range(whole_to - whole_from):
-                t[i, o] = w[o, i]
+        # The band in square tiles transposed in registers (``simd.transpose_tile``); an element
+        # loop over the band read W a column at a time (2.1 vs 1.0 us for half the digits net).
+        band = whole_to - whole_from
+        source = params.ctypes.data + (w_off + whole_from * n_in) * itemsize
+        destination = wt.ctypes.data + (wt_off + whole_from) * itemsize
+        for o in range(0, band, tile):
+            for i in range(0, n_in, tile):
+                simd.transpose_tile(source + (o * n_in + i) * itemsize, n_in, destination + (i * n_out + o) * itemsize,
+                                    n_out, min(tile, band - o), min(tile, n_in - i), one)
         for e in range(max(whole_to * n_in, first), stop):  # the partial row after them
             wt[wt_off + (e % n_in) * n_out + e // n_in] = params[w_off + e]
 

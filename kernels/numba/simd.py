@@ -138,3 +138,56 @@ def prefetch(typingctx, address):
         return context.get_dummy_value()
 
     return types.void(address), codegen
+
+
+def _transpose_lanes(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The transpose of the square matrix whose rows are the ``len(rows)``-lane vectors ``rows``:
+    at stage ``b`` (1, 2, 4, ...) each pair of rows ``i``, ``i + b`` swaps the ``b``-wide blocks
+    off their diagonal, one two-input shuffle per new row."""
+    count = len(rows)
+    b = 1
+    while b < count:
+        new = list(rows)
+        for i in range(count):
+            if i & b:
+                continue
+            low = [j if not j & b else count + j - b for j in range(count)]
+            high = [j + b if not j & b else count + j for j in range(count)]
+            new[i] = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(ir.VectorType(I32, count), low))
+            new[i + b] = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(ir.VectorType(I32, count), high))
+        rows = new
+        b *= 2
+    return rows
+
+
+@intrinsic
+def transpose_tile(typingctx, source, source_stride, destination, destination_stride, rows, cols, like):
+    """``destination[j, i] = source[i, j]`` for ``i < rows``, ``j < cols``, both at most one
+    vector's lanes of ``like``'s type (16 float32 with AVX-512); addresses, strides in elements.
+    The tile is read a row per (masked) vector load, transposed in registers with shuffles and
+    written a row per masked store: nothing outside the tile is read or written."""
+    sig = types.void(source, source_stride, destination, destination_stride, rows, cols, like)
+
+    def codegen(context, builder, signature, args):
+        source, source_stride, destination, destination_stride, rows, cols, like = args
+        scalar = like.type
+        count = lanes(scalar)
+        vector_type = ir.VectorType(scalar, count)
+        source_pointer = builder.inttoptr(source, scalar.as_pointer())
+        destination_pointer = builder.inttoptr(destination, scalar.as_pointer())
+        zero = ir.Constant(vector_type, [0.0] * count)
+        mask_type = ir.VectorType(I1, count)
+
+        def row_masks(width: ir.Value, height: ir.Value) -> list[ir.Value]:
+            lanes_in_row = lane_mask(builder, count, 0, width)
+            return [builder.and_(lanes_in_row, splat(builder, builder.icmp_signed("<", ir.Constant(I64, i), height),
+                                                     mask_type)) for i in range(count)]
+
+        loaded = [masked_load(builder, builder.gep(source_pointer, [builder.mul(source_stride, ir.Constant(I64, i))]),
+                              mask, zero) for i, mask in enumerate(row_masks(cols, rows))]
+        for j, (row, mask) in enumerate(zip(_transpose_lanes(builder, loaded), row_masks(rows, cols))):
+            masked_store(builder, row, builder.gep(destination_pointer,
+                                                   [builder.mul(destination_stride, ir.Constant(I64, j))]), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
