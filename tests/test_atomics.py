@@ -110,3 +110,18 @@ def test_the_intrinsics_refuse_what_they_are_not_written_for():
 
     with pytest.raises(TypingError):
         add(np.zeros(2, np.int32))
+
+
+def test_without_a_sched_yield_the_module_still_loads(monkeypatch):
+    """Where the C library has no ``sched_yield`` (Windows), waiting falls back to spinning."""
+    import ctypes
+
+    from fastnn.kernels.numba import atomics
+
+    def no_c_library(name):
+        raise TypeError("no C library by that name here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_c_library)
+    assert atomics._register_sched_yield() is False
+    monkeypatch.undo()
+    assert atomics._register_sched_yield() is True

@@ -25,8 +25,20 @@ from .jit import stamped
 from .simd import declare
 
 _X86 = llvm.get_process_triple().split("-")[0] in ("x86_64", "i386", "i686")
-# The C library's sched_yield, made known to the JIT's linker by name (also for cached code).
-llvm.add_symbol("sched_yield", ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
+
+
+def _register_sched_yield() -> bool:
+    """Make the C library's ``sched_yield`` known to the JIT's linker by name (also for code
+    loaded from the cache); False where there is none (Windows: waiting then only spins)."""
+    try:
+        address = ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
+    except (OSError, AttributeError, TypeError):
+        return False
+    llvm.add_symbol("sched_yield", address)
+    return True
+
+
+_SCHED_YIELD = _register_sched_yield()
 # Pauses before a waiting thread starts handing its CPU back to the OS: ~27 us here (a pause is
 # ~27 ns on these CPUs), about a digits step, so that with a CPU to itself it does not give way,
 # while with more runnable threads than CPUs the thread it waits for gets to run (spinning only,
@@ -90,10 +102,14 @@ def pause(typingctx):
 
 @intrinsic
 def yield_cpu(typingctx):
-    """``sched_yield()``: let another runnable thread have this CPU."""
+    """``sched_yield()``: let another runnable thread have this CPU (a ``pause`` where the C
+    library has no ``sched_yield``)."""
 
     def codegen(context, builder, signature, args):
-        builder.call(declare(builder.module, "sched_yield", ir.IntType(32), []), [])
+        if _SCHED_YIELD:
+            builder.call(declare(builder.module, "sched_yield", ir.IntType(32), []), [])
+        elif _X86:
+            builder.call(declare(builder.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
         return context.get_dummy_value()
 
     return types.void(), codegen
