@@ -420,12 +420,17 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
 @stamped
 def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers, alphas,
                   nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
-                  status):
+                  status, sync, block_loss, block_correct, checks):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
     non-finite loss, gradient or update with ``status = [done, code, batch]``, the parameters
     left as they were before that batch (``snapshot`` holds them too).
+
+    Scratch kept by the caller across calls, each with at least ``count`` batches' rows (and
+    ``threads`` columns): ``sync`` (int64, two rows a batch: the phases' counters, see
+    ``atomics``), ``block_loss`` (float64) and ``block_correct`` (int64) per row block, ``checks``
+    (bool, ``[0]`` gradients and ``[1]`` parameters finite, per slice).
 
     The threads enter one parallel loop for the whole chunk and meet twice a batch, after the
     row blocks (phase one) and after the parameter slices (phase two), on atomic counters
@@ -435,12 +440,9 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
     comes late still reads its batch's values."""
     n = order.size
     threads = work.shape[0]
-    # two phases a batch, a row each: [tasks done, claimed flag per task] (``atomics``)
-    sync = np.zeros((2 * count, 1 + threads), np.int64)
-    block_loss = np.zeros((count, threads))
-    block_correct = np.zeros((count, threads), np.int64)
-    grads_ok = np.ones((count, threads), np.bool_)
-    params_ok = np.ones((count, threads), np.bool_)
+    sync[:2 * count] = 0  # two phases a batch, a row each: [tasks done, claimed flag per task]
+    checks[:, :count] = True  # (a slice with no parameters writes nothing)
+    grads_ok, params_ok = checks[0], checks[1]
     status[0], status[1], status[2] = 0, OK, 0
     transpose_weights(params, wt, layers, 0, params.size)
     for worker in prange(threads):

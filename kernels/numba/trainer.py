@@ -52,6 +52,19 @@ class DenseTrainer:
         self.gemm = ctypes.cast(gemm, ctypes.c_void_p).value  # the kernel calls it by address
         self.ilp64 = blas.ilp64
         self.status = np.zeros(3, np.int64)
+        self._scratch_batches = 0
+        self._reserve(1)  # grown to the largest chunk of batches a call asks for
+
+    def _reserve(self, batches: int) -> None:
+        """Scratch for ``train_batches`` with room for ``batches`` batches a call, kept across
+        calls so that a step allocates nothing."""
+        if batches <= self._scratch_batches:
+            return
+        self._scratch_batches = batches
+        self.sync = np.zeros((2 * batches, 1 + self.threads), np.int64)
+        self.block_loss = np.zeros((batches, self.threads))
+        self.block_correct = np.zeros((batches, self.threads), np.int64)
+        self.checks = np.ones((2, batches, self.threads), np.bool_)
 
     def inputs(self, X: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``X`` and the targets in the layouts the kernel is compiled for (C order; labels as
@@ -76,13 +89,15 @@ class DenseTrainer:
             snapshot: np.ndarray, batch_losses: np.ndarray, batch_correct: np.ndarray) -> tuple[int, str | None, int]:
         """Batches ``first .. first + count - 1``: ``(done, failure or None, failing batch)``; a
         failure ("loss", "gradient", "update") leaves the parameters as before that batch."""
+        self._reserve(count)
         hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
         rule = dense_step.RULES[optimizer.fused_rule]
         first_state, second_state = (state[name] for name in optimizer.fused_state)
         dense_step.train_batches(X, targets, order, first, count, batch_size, self.params, self.transposed_weights,
                                  grads, self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
                                  self.ilp64, rule, hyper, first_state, second_state, optimizer.steps, snapshot,
-                                 batch_losses, batch_correct, self.status)
+                                 batch_losses, batch_correct, self.status, self.sync, self.block_loss,
+                                 self.block_correct, self.checks)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
