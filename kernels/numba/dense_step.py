@@ -434,10 +434,10 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
 
     The threads enter one parallel loop for the whole chunk and meet twice a batch, after the
     row blocks (phase one) and after the parameter slices (phase two), on atomic counters
-    (``atomics``) instead of a fork and join of the thread pool each time (`python
-    benchmarks/step_anatomy.py`, a digits step: 34.0-36.3 us with two fork-joins a batch,
-    31.6-34.8 us with this). Every per-batch result lives in a row of its own, so a thread that
-    comes late still reads its batch's values."""
+    (``atomics``) instead of a fork and join of the thread pool each time (a digits step as
+    `python benchmarks/step_anatomy.py` times it, the two kernels alternated in fresh processes:
+    32.1-32.7 us with two fork-joins a batch, 28.0-28.6 us now). Every per-batch result lives in
+    a row of its own, so a thread that comes late still reads its batch's values."""
     n = order.size
     threads = work.shape[0]
     sync[:2 * count] = 0  # two phases a batch, a row each: [tasks done, claimed flag per task]
