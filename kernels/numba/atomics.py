@@ -88,13 +88,17 @@ def load(typingctx, counters, index):
     return sig, codegen
 
 
+def _emit_pause(builder) -> None:
+    if _X86:
+        builder.call(declare(builder.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+
+
 @intrinsic
 def pause(typingctx):
     """The spin-wait hint (x86 ``pause``): lets the sibling hyperthread and the memory system breathe."""
 
     def codegen(context, builder, signature, args):
-        if _X86:
-            builder.call(declare(builder.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+        _emit_pause(builder)
         return context.get_dummy_value()
 
     return types.void(), codegen
@@ -108,8 +112,8 @@ def yield_cpu(typingctx):
     def codegen(context, builder, signature, args):
         if _SCHED_YIELD:
             builder.call(declare(builder.module, "sched_yield", ir.IntType(32), []), [])
-        elif _X86:
-            builder.call(declare(builder.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+        else:
+            _emit_pause(builder)
         return context.get_dummy_value()
 
     return types.void(), codegen

@@ -52,15 +52,14 @@ class DenseTrainer:
         self.gemm = ctypes.cast(gemm, ctypes.c_void_p).value  # the kernel calls it by address
         self.ilp64 = blas.ilp64
         self.status = np.zeros(3, np.int64)
-        self._scratch_batches = 0
+        self.block_loss = np.zeros((0, self.threads))
         self._reserve(1)  # grown to the largest chunk of batches a call asks for
 
     def _reserve(self, batches: int) -> None:
         """Scratch for ``train_batches`` with room for ``batches`` batches a call, kept across
         calls so that a step allocates nothing."""
-        if batches <= self._scratch_batches:
+        if batches <= self.block_loss.shape[0]:
             return
-        self._scratch_batches = batches
         self.sync = np.zeros((2 * batches, 1 + self.threads), np.int64)
         self.block_loss = np.zeros((batches, self.threads))
         self.block_correct = np.zeros((batches, self.threads), np.int64)
