@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 import timeit
 
 import numpy as np
 
 import fastnn
+from fastnn.bench.measure import settle
 
 
 def main(argv=None) -> dict[str, float]:
@@ -63,7 +63,7 @@ def main(argv=None) -> dict[str, float]:
                                         ("its 8 GEMMs alone", gemms, 1, contextlib.nullcontext()),
                                         *_whole_step(net, X, y, optimizer, backend, gemms)):
             with around:
-                time.sleep(0.3)  # the previous contender's OpenBLAS workers spin for ~0.1 s
+                settle()  # the previous line's OpenBLAS workers spin for ~0.1 s
                 fn()
                 calls = max(1, args.steps // steps)
                 results[name] = min(timeit.repeat(fn, number=calls, repeat=5)) / calls / steps

@@ -12,6 +12,7 @@ import pytest
 import fastnn
 from conftest import target
 from fastnn.bench import baselines
+from fastnn.bench.measure import settle
 
 BACKENDS = [name for name, why in fastnn.available_backends().items() if why is None]
 SIZES = (64, 128, 64, 10)
@@ -90,13 +91,6 @@ def _e2e_data(net, quick):
     return (X[:256], y[:256]) if quick and net == "digits" else (X, y)
 
 
-def _settle():
-    """Let the previous contender's BLAS/OpenMP workers stop spinning (~0.1 s) first."""
-    import time
-
-    time.sleep(0.3)
-
-
 @pytest.mark.parametrize("net", sorted(E2E))
 @pytest.mark.parametrize("backend_name", [b for b in ("numpy", "numba") if b in BACKENDS])
 def test_e2e_fastnn(benchmark, quick, net, backend_name):
@@ -110,7 +104,7 @@ def test_e2e_fastnn(benchmark, quick, net, backend_name):
         fastnn.training.warm_up(model, X, y, "cross_entropy", optimizer, batch)
         benchmark.group = f"training e2e {'digits relu+CE' if net == 'digits' else 'large MLP'}"
         benchmark.extra_info["contender"] = backend_name
-        _settle()
+        settle()
         benchmark.pedantic(model.fit, args=(X, y, "cross_entropy", optimizer),
                            kwargs={"epochs": 5 if net == "digits" else 1, "batch_size": batch, "progress": False,
                                    "metrics": False}, rounds=3 if quick else 15, warmup_rounds=1)
@@ -141,5 +135,5 @@ def test_e2e_torch(benchmark, quick, net):
 
     benchmark.group = f"training e2e {'digits relu+CE' if net == 'digits' else 'large MLP'}"
     benchmark.extra_info["contender"] = "torch"
-    _settle()
+    settle()
     benchmark.pedantic(fit, rounds=3 if quick else 15, warmup_rounds=1)

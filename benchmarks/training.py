@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import fastnn
+from fastnn.bench.measure import settle  # a 20-epoch digits run is shorter than the spin
 
 NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
 LAYERS, BATCH = NETS["digits"]
@@ -110,13 +111,6 @@ def torch_repeats(X, y, epochs, threads, repeats, net) -> list[float]:
     LAYERS, BATCH = NETS[net]  # a spawned child starts from the module defaults
     rates = [torch_samples_per_s(X, y, epochs, threads) for _ in range(repeats + 1)]
     return [] if rates[0] is None else rates[1:]
-
-
-def settle() -> None:
-    """Let the previous contender's thread pools go idle before the next is timed: OpenBLAS's
-    workers spin for ~0.1 s after their last GEMM (measured with getrusage) and would take
-    a core from whatever runs next; a 20-epoch digits run is shorter than that."""
-    time.sleep(0.3)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def settle() -> None:
+    """Let the previous contender's thread pools go idle before the next is timed: OpenBLAS's
+    workers spin for ~0.1 s after their last GEMM (measured with getrusage) and would take a
+    core from whatever runs next."""
+    time.sleep(0.3)
+
+
 @dataclass
 class Measurement:
     """One contender on one workload. ``value`` is in ``unit`` (higher is better), computed from
