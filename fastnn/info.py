@@ -75,7 +75,20 @@ def collect() -> dict[str, Any]:
         "cpu_flags": _cpu_flags(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "devices": "none usable" if backends["cupy"] else "CUDA via CuPy",
+        "numba_threading": _numba_threading() if backends["numba"] is None else None,
     }
+
+
+def _numba_threading() -> dict[str, Any]:
+    """Numba's threads and which TBB its threading layer will run on (see
+    ``fastnn.kernels.numba.threading_layer``)."""
+    import numba
+
+    from .kernels.numba import threading_layer
+
+    status = threading_layer.status()
+    return {"threads": numba.get_num_threads(), "declared": status.declared, "loaded": status.loaded,
+            "foreign": status.foreign, "note": status.note}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -99,5 +112,11 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"  hint: {hint}" for hint in hints]
     else:
         lines.append("  (install threadpoolctl to list them)")
+    threading = report.get("numba_threading")
+    if threading is not None:
+        lines += ["", f"numba threads: {threading['threads']}; TBB: {threading['note']}"]
+        if threading["foreign"]:
+            lines.append(f"  warning: a TBB other than the environment's is loaded ({', '.join(threading['foreign'])}): "
+                         "the numba backend may slow down over a long fit and hang at exit")
     lines += ["", f"GPU devices: {report['devices']}"]
     return "\n".join(lines)

@@ -5,3 +5,7 @@ call (and cached on disk, ``cache=True``, so a second process loads it instead).
 float64 registers for both dtypes and rounded once on store, so float32 results are at least as
 accurate as the NumPy reference's.
 """
+
+from .threading_layer import prepare as _prepare_threading_layer
+
+_prepare_threading_layer()  # before any kernel can start Numba's threads: see threading_layer.py
