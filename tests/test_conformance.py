@@ -327,3 +327,133 @@ def test_optimizer_updates_match_pytorch_rules(backend, dtype, kind, hyper):
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
     np.testing.assert_allclose(backend.to_numpy(param), expected, **tol)
     assert param.dtype == dtype
+
+
+# --- argument checks: no input reaches a kernel that could read or write out of bounds ----------
+
+def test_cross_entropy_with_targets_that_do_not_sum_to_one(backend, dtype):
+    """Soft, multi-hot and partial targets: the gradient of sum_c t_c (lse - z_c) is
+    sum(t) softmax - t (the NumPy backend once returned softmax - t: 0.29 off)."""
+    rng = np.random.default_rng(21)
+    logits = (rng.standard_normal((6, 4)) * 2).astype(dtype)
+    for targets in (rng.random((6, 4)), (rng.random((6, 4)) > 0.5) * 1.0, np.full((6, 4), 0.125)):
+        _loss_check(backend, dtype, "softmax_cross_entropy", ref.cross_entropy, logits, targets.astype(dtype),
+                    "CE unnormalised targets")
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3], [0, 1, 2, -1], [0, 1, 2, 10**12]], ids=["classes", "-1", "1e12"])
+def test_cross_entropy_refuses_labels_out_of_range(backend, labels):
+    logits = backend.asarray(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\)"):
+        backend.softmax_cross_entropy(logits, backend.asarray(np.array(labels)))
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\)"):
+        backend.softmax_cross_entropy(logits, labels)  # as a list too
+
+
+def test_cross_entropy_kernel_never_writes_outside_a_bad_labels_row(backend, dtype):
+    """Below the checked entry point, a label out of range makes its own row NaN and touches no
+    other row (label 3 of 3 classes in row 0 used to write row 1)."""
+    rng = np.random.default_rng(22)
+    logits = rng.standard_normal((4, 3)).astype(dtype)
+    for bad in (3, -1, 10**12):
+        labels = np.array([bad, 1, 2, 0])
+        grad = backend.empty((4, 3), dtype)
+        value, grad = backend.kernels.softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), grad)
+        grad = backend.to_numpy(grad)
+        assert math.isnan(float(value)) and np.isnan(grad[0]).all()
+        _, expected = ref.cross_entropy(logits[1:], labels[1:])
+        np.testing.assert_allclose(grad[1:], expected * 3 / 4, **tolerance(dtype))
+
+
+def test_optimizer_updates_refuse_mismatched_buffers(backend, dtype):
+    """sgd_update with a short gradient, adam_update with short moments: ValueError naming the
+    argument (the numba kernels read and wrote past the short arrays: SIGSEGV)."""
+    def arrays(*sizes):
+        return [backend.zeros(size, dtype) for size in sizes]
+
+    big = 1 << 20
+    param, velocity, scratch = arrays(big, big, big)
+    with pytest.raises(ValueError, match="grad must have the shape of param"):
+        backend.sgd_update(param, backend.zeros(4, dtype), velocity, scratch, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="velocity must have the shape of param"):
+        backend.sgd_update(param, backend.zeros(big, dtype), backend.zeros(4, dtype), scratch, lr=0.1,
+                           momentum=0.9)
+    for short in ("exp_avg", "exp_avg_sq"):
+        buffers = dict(zip(("param", "grad", "exp_avg", "exp_avg_sq", "scratch", "scratch2"), arrays(*[big] * 6)))
+        buffers[short] = backend.zeros(4, dtype)
+        with pytest.raises(ValueError, match=f"{short} must have the shape of param"):
+            backend.adam_update(*buffers.values(), step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    with pytest.raises(ValueError, match="step"):
+        backend.adam_update(*arrays(*[8] * 6), step=0, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    with pytest.raises(TypeError, match="param is updated in place"):
+        backend.sgd_update([0.0, 1.0], [0.0, 1.0], *arrays(2, 2), lr=0.1)
+
+
+def test_public_kernels_take_python_lists(backend):
+    """Lists are converted to the call's dtype (float64 without an array) instead of failing with
+    "'list' has no attribute 'dtype'"."""
+    y = backend.activation("relu", [-1.0, 2.0])
+    assert backend.to_numpy(y).tolist() == [0.0, 2.0] and y.dtype == np.float64
+    assert backend.to_numpy(backend.matmul([[1.0, 2.0]], [[3.0], [4.0]])).tolist() == [[11.0]]
+    value, _ = backend.mse(backend.asarray(np.array([1.0, 3.0], np.float32)), [0, 1])
+    assert float(value) == 2.5 and value.dtype == np.float32
+    z, _ = backend.linear_forward([1.0, 2.0, 3.0], np.arange(1.0, 13.0).reshape(4, 3), [0.0, 0, 0, 0])
+    assert backend.to_numpy(z).tolist() == [14.0, 32.0, 50.0, 68.0]  # seed 001
+    with pytest.raises(TypeError, match="expected an array or a nested sequence of numbers"):
+        backend.activation("relu", [[1.0], [2.0, 3.0]])
+
+
+def test_bce_outside_the_unit_interval_is_nan_on_every_backend(backend):
+    """Probabilities below 0 or above 1 have no binary cross-entropy: NaN loss and gradient
+    everywhere (it was NaN on numpy and a finite -0.405 on numba)."""
+    value, grad = backend.bce([-0.5, 1.5], [0, 1])
+    assert math.isnan(float(value)) and np.isnan(backend.to_numpy(grad)).all()
+    value, grad = backend.bce([0.25, 1.5], [0, 1])
+    assert math.isnan(float(value)) and not np.isnan(backend.to_numpy(grad)[0])
+
+
+def test_out_buffers_must_be_c_contiguous(backend, dtype):
+    """A non-contiguous out= was accepted and then written through a temporary copy, so the
+    caller's buffer never saw the result."""
+    x = backend.asarray(np.ones((4, 3), dtype))
+    w = backend.asarray(np.ones((5, 3), dtype))
+    z_t = backend.empty((5, 4), dtype).T  # (4, 5), transposed
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.linear_forward(x, w, None, out=(z_t, None))
+    dz = backend.asarray(np.ones((4, 5), dtype))
+    dx = backend.empty((4, 6), dtype)[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.linear_backward(x, w, dz, out=(dx, None, None))
+    grad = backend.empty((4, 10), dtype)[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.softmax_cross_entropy(dz, backend.asarray(np.array([0, 1, 2, 3])), grad)
+    with pytest.raises(TypeError, match="out= must be a"):
+        backend.activation("relu", x, out=[[0.0] * 3] * 4)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 0), (2, 0, 4)), ((2, 0, 3), (3, 4)), ((3, 4), (2, 4, 0)),
+                                             ((0, 2, 3), (3, 4))])
+def test_matmul_with_zero_sized_dimensions(backend, a_shape, b_shape):
+    a, b = np.ones(a_shape), np.ones(b_shape)
+    result = backend.to_numpy(backend.matmul(backend.asarray(a), backend.asarray(b)))
+    np.testing.assert_array_equal(result, np.matmul(a, b))
+
+
+def test_float32_loss_sums_are_accumulated_in_float64(backend):
+    """Float32 sums of a million terms lost ~1e-4 (and a confident BCE-with-logits went negative):
+    every backend now matches the float64 value to ~1e-6."""
+    n = 1 << 21
+    pred = np.full(n, 100.1, np.float32)
+    value, _ = backend.mse(backend.asarray(pred), backend.asarray(np.zeros(n, np.float32)))
+    truth = float(np.float64(np.float32(100.1)) ** 2)
+    assert abs(float(value) - truth) <= 1e-6 * truth
+    prob = np.full(n, 0.3, np.float32)
+    value, _ = backend.bce(backend.asarray(prob), backend.asarray(np.ones(n, np.float32)))
+    truth = -math.log(float(np.float32(0.3)))
+    assert abs(float(value) - truth) <= 1e-6 * truth
+    rng = np.random.default_rng(23)
+    targets = (rng.random(n) > 0.5).astype(np.float32)
+    logits = (rng.uniform(12, 30, n) * np.where(targets > 0, 1, -1)).astype(np.float32)  # confident, right
+    value, _ = backend.bce_with_logits(backend.asarray(logits), backend.asarray(targets))
+    truth = float(np.mean(np.log1p(np.exp(-np.abs(logits.astype(np.float64))))))
+    assert float(value) >= 0 and abs(float(value) - truth) <= 1e-9 + 1e-4 * truth

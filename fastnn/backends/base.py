@@ -9,11 +9,17 @@ Conventions (all backends, checked by ``tests/test_conformance.py``):
 
 - Weights follow PyTorch's ``nn.Linear``: ``weight (out, in)``, ``bias (out,)``,
   ``z = x @ weight.T + bias`` for ``x (*, in)``; gradients reduce over every leading dim.
-- Floating kernels accept float32 and float64; all floating operands of a call share one dtype
-  (``TypeError`` otherwise: nothing is promoted silently) and the result has that dtype.
-- ``out=`` buffers, when given, must be C-contiguous arrays of the result's shape and dtype; the
-  layers pass reused workspaces so a training step allocates nothing in steady state.
+- Floating kernels accept float32 and float64; all floating array operands of a call share one
+  dtype (``TypeError`` otherwise: nothing is promoted silently) and the result has that dtype.
+  Lists, tuples and numbers are converted to the call's dtype (float64 when no array sets it).
+- ``out=`` buffers and arrays updated in place, when given, must be C-contiguous arrays of this
+  backend of the result's shape and dtype (``TypeError``/``ValueError`` otherwise); the layers
+  pass reused workspaces so a training step allocates nothing in steady state.
+- Every public entry point checks shapes, sizes, dtypes and label ranges before a kernel runs,
+  so no argument can make a kernel read or write out of bounds. ``Backend.kernels`` is the
+  unchecked layer below, for callers (layers, ``fit``) that checked once up front.
 - Kernels never synchronise with a device: values such as a loss are returned as 0-d arrays.
+  (The checked ``softmax_cross_entropy`` entry reads the labels' min and max back to check them.)
 """
 
 from __future__ import annotations
@@ -144,6 +150,30 @@ class Backend:
 
     # --- checks (cheap: attribute reads only, so they stay on in the hot path) --------------------
 
+    def _is_array(self, x: Any) -> bool:
+        return isinstance(x, self.xp.ndarray)
+
+    def _operands(self, *values: Any) -> list[Any]:
+        """The operands as this backend's arrays: arrays pass as they are (their dtypes are then
+        checked strictly); anything else (a list, a tuple, a number) is converted to the dtype of
+        the call's first floating array, or float64 when there is none. ``None`` stays ``None``."""
+        dtype = next((v.dtype for v in values if self._is_array(v) and v.dtype in FLOAT_DTYPES), np.float64)
+        return [v if v is None or self._is_array(v) else self._convert(v, dtype) for v in values]
+
+    def _convert(self, value: Any, dtype: Any) -> Any:
+        try:
+            return self.asarray(value, dtype)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"expected an array or a nested sequence of numbers, got {type(value).__name__} "
+                            f"({exc})") from None
+
+    def _in_place(self, what: str, **arrays: Any) -> None:
+        """Arguments updated in place must be this backend's arrays (a list cannot be updated)."""
+        for name, value in arrays.items():
+            if not self._is_array(value):
+                raise TypeError(f"{what}: {name} is updated in place and must be a {self.name} array "
+                                f"({self.xp.__name__}.ndarray), got {type(value).__name__}")
+
     @staticmethod
     def _float_dtype(*arrays: Any) -> np.dtype:
         dtype = arrays[0].dtype
@@ -158,13 +188,39 @@ class Backend:
         return dtype
 
     def _out(self, out: Any, shape: tuple[int, ...], dtype: np.dtype, what: str) -> Any:
+        """``out`` checked (or a new array): this backend's C-contiguous array of ``shape`` and
+        ``dtype``, since kernels write through flat views of it."""
         if out is None:
             return self.empty(shape, dtype)
+        if not self._is_array(out):
+            raise TypeError(f"{what}: out= must be a {self.name} array, got {type(out).__name__}")
         if out.shape != shape or out.dtype != dtype:
             raise ValueError(
                 f"{what}: out= must have shape {shape} and dtype {dtype}, got {out.shape} {out.dtype}"
             )
+        if not out.flags.c_contiguous:
+            raise ValueError(f"{what}: out= must be C-contiguous (kernels write it as one flat block); got a "
+                             f"non-contiguous view with strides {out.strides}: pass a contiguous array")
         return out
+
+    @staticmethod
+    def _same_shape(what: str, reference: tuple[str, Any], **others: Any) -> None:
+        name, array = reference
+        for other_name, other in others.items():
+            if other.shape != array.shape:
+                raise ValueError(f"{what}: {other_name} must have the shape of {name} {array.shape}, "
+                                 f"got {other.shape}")
+
+    def _check_labels(self, labels: Any, classes: int, what: str) -> None:
+        """Integer labels in ``[0, classes)``: one min and one max (on a device backend that reads
+        two numbers back; the loss objects check a whole dataset once, and ``fit`` calls the
+        kernels directly)."""
+        if labels.size == 0:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"{what}: labels must be integers in [0, {classes}) for {classes} classes, "
+                             f"got values from {low} to {high}")
 
     @staticmethod
     def _activation_table(table: Mapping[str, Callable[..., Any]], name: str) -> Callable[..., Any]:
@@ -186,7 +242,9 @@ class Backend:
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b`` with NumPy's ``matmul`` semantics: 1-D operands promoted (and the added axis
-        dropped), batch dims broadcast. Incompatible shapes raise ``ValueError`` naming both."""
+        dropped), batch dims broadcast, zero-sized dims allowed. Incompatible shapes raise
+        ``ValueError`` naming both."""
+        a, b = self._operands(a, b)
         dtype = self._float_dtype(a, b)
         shape = matmul_result_shape(a.shape, b.shape)
         out = None if out is None else self._out(out, shape, dtype, "matmul")
@@ -194,6 +252,7 @@ class Backend:
 
     def bias_add(self, x: Any, bias: Any, out: Any = None) -> Any:
         """``x (*, n) + bias (n,)``."""
+        x, bias = self._operands(x, bias)
         dtype = self._float_dtype(x, bias)
         if bias.ndim != 1 or x.ndim == 0 or x.shape[-1] != bias.shape[0]:
             raise ValueError(f"bias_add: expected x (*, n) and bias (n,), got {x.shape} and {bias.shape}")
@@ -204,6 +263,8 @@ class Backend:
         """What follows the GEMM of a linear layer, in one pass where the backend can fuse it:
         ``z (*, n) += bias (n,)`` in place (``bias`` may be ``None``), then ``y = g(z)`` into
         ``out``. Returns ``(z, y)``; ``y is z`` for the identity activation."""
+        self._in_place("bias_activation", z=z)
+        bias = self._operands(z, bias)[1]
         dtype = self._float_dtype(z, bias)
         if z.ndim == 0 or (bias is not None and (bias.ndim != 1 or bias.shape[0] != z.shape[-1])):
             raise ValueError(f"bias_activation: expected z (*, n) and bias (n,), got {z.shape} and "
@@ -220,6 +281,7 @@ class Backend:
         """``y = g(z)`` elementwise; ``alpha`` is the activation's parameter (leaky slope, ELU
         alpha), defaulting as in PyTorch."""
         kernel = self._activation_table(self.kernels.forward, name)
+        (z,) = self._operands(z)
         dtype = self._float_dtype(z)
         return kernel(z, self._out(out, z.shape, dtype, name), self._alpha(name, alpha))
 
@@ -228,6 +290,7 @@ class Backend:
         """Fused ``dz = dy * g'(z)`` in one pass; ``z`` is the cached pre-activation and
         ``y = g(z)`` the cached output (one convention for every activation)."""
         kernel = self._activation_table(self.kernels.backward, name)
+        dy, z, y = self._operands(dy, z, y)
         dtype = self._float_dtype(dy, z, y)
         if not (dy.shape == z.shape == y.shape):
             raise ValueError(
@@ -237,14 +300,18 @@ class Backend:
 
     def softmax(self, z: Any, out: Any = None) -> Any:
         """Softmax over the last axis (max-shifted)."""
+        (z,) = self._operands(z)
         dtype = self._float_dtype(z)
+        if z.ndim == 0:
+            raise ValueError("softmax: expected z of shape (*, classes), got a scalar")
         return self.kernels.softmax(z, self._out(out, z.shape, dtype, "softmax"))
 
     def softmax_backward(self, dy: Any, y: Any, out: Any = None) -> Any:
         """``dz = y * (dy - sum(dy * y, -1))`` for ``y = softmax(z)``."""
+        dy, y = self._operands(dy, y)
         dtype = self._float_dtype(dy, y)
-        if dy.shape != y.shape:
-            raise ValueError(f"softmax backward: dy {dy.shape} and y {y.shape} differ")
+        if dy.shape != y.shape or y.ndim == 0:
+            raise ValueError(f"softmax backward: dy {dy.shape} and y {y.shape} must share one shape (*, classes)")
         return self.kernels.softmax_backward(dy, y, self._out(out, y.shape, dtype, "softmax"))
 
     # --- fused linear layer ----------------------------------------------------------------------
@@ -255,6 +322,7 @@ class Backend:
 
         ``x (*, in)``, ``weight (out, in)``, ``bias (out,)`` or ``None`` -> ``(z, y)``, both
         ``(*, out)``; ``y is z`` for the identity activation."""
+        x, weight, bias = self._operands(x, weight, bias)
         dtype = self._float_dtype(x, weight, bias)
         if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
             raise ValueError(
@@ -276,8 +344,10 @@ class Backend:
         ``dx = dz @ weight (*, in)``, ``dweight = dz^T x (out, in)``, ``dbias = sum(dz) (out,)``,
         summed over every leading dim. ``dx`` is ``None`` unless ``need_dx``; ``dbias`` is
         ``None`` unless ``has_bias``."""
+        x, weight, dz = self._operands(x, weight, dz)
         dtype = self._float_dtype(x, weight, dz)
-        if x.shape[:-1] != dz.shape[:-1] or weight.shape != (dz.shape[-1], x.shape[-1]):
+        if x.ndim == 0 or dz.ndim == 0 or x.shape[:-1] != dz.shape[:-1] \
+                or weight.shape != (dz.shape[-1], x.shape[-1]):
             raise ValueError(
                 f"linear backward: x {x.shape}, weight {weight.shape} and dz {dz.shape} do not fit "
                 "x (*, in), weight (out, in), dz (*, out)"
@@ -290,42 +360,53 @@ class Backend:
 
     # --- losses (value, grad) ----------------------------------------------------------------------
 
-    def _loss_grad(self, pred: Any, target: Any, grad: Any, what: str, same_shape: bool = True) -> Any:
-        self._float_dtype(pred) if not same_shape else self._float_dtype(pred, target)
-        if same_shape and pred.shape != target.shape:
+    def _loss_operands(self, pred: Any, target: Any, grad: Any, what: str) -> tuple[Any, Any, Any]:
+        pred, target = self._operands(pred, target)
+        self._float_dtype(pred, target)
+        if pred.shape != target.shape:
             raise ValueError(f"{what}: prediction {pred.shape} and target {target.shape} must match")
-        return self._out(grad, pred.shape, pred.dtype, what)
+        return pred, target, self._out(grad, pred.shape, pred.dtype, what)
 
     def mse(self, pred: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
-        """Mean over all elements of ``(pred - target)^2``; grad ``2 (pred - target) / n``."""
-        return self.kernels.mse(pred, target, self._loss_grad(pred, target, grad, "mse"))
+        """Mean over all elements of ``(pred - target)^2``; grad ``2 (pred - target) / n``. The sum
+        is accumulated in float64 for both dtypes."""
+        return self.kernels.mse(*self._loss_operands(pred, target, grad, "mse"))
 
     def bce(self, prob: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
-        """Binary cross-entropy on probabilities in [0, 1], logs clamped at -100 (PyTorch)."""
-        return self.kernels.bce(prob, target, self._loss_grad(prob, target, grad, "bce"))
+        """Binary cross-entropy on probabilities, logs clamped at -100 (PyTorch). A probability
+        outside [0, 1] (or NaN) makes the loss and its gradient NaN on every backend (PyTorch
+        raises; the ``BCE`` loss object and ``fit`` refuse such inputs before they get here)."""
+        return self.kernels.bce(*self._loss_operands(prob, target, grad, "bce"))
 
     def bce_with_logits(self, logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
         """Binary cross-entropy of ``sigmoid(logits)``, exact for any finite logit;
         grad ``(sigmoid(logits) - target) / n``."""
-        return self.kernels.bce_with_logits(
-            logits, target, self._loss_grad(logits, target, grad, "bce_with_logits"))
+        return self.kernels.bce_with_logits(*self._loss_operands(logits, target, grad, "bce_with_logits"))
 
     def softmax_cross_entropy(self, logits: Any, target: Any, grad: Any = None) -> tuple[Any, Any]:
         """Cross-entropy of ``softmax(logits)`` over the last axis, mean over samples.
 
-        ``target``: integer labels of shape ``logits.shape[:-1]`` (values in ``[0, classes)``,
-        not range-checked here: the loss objects check once per dataset) or probabilities of
-        ``logits.shape``. grad ``(softmax - onehot) / n_samples``."""
-        if target.dtype.kind in "iu":
+        ``target``: integer labels of shape ``logits.shape[:-1]`` with values in ``[0, classes)``
+        (checked: ``ValueError`` otherwise), or probabilities of ``logits.shape``: then
+        ``loss_i = sum_c t_ic (lse_i - z_ic)`` and its gradient ``(sum_c t_ic) softmax_i - t_i``,
+        divided by the number of samples, for any non-negative targets (soft, multi-hot or not
+        summing to 1)."""
+        if not self._is_array(target) and np.asarray(target).dtype.kind in "iu":
+            target = self.asarray(np.asarray(target))  # a list of labels stays integer
+        if self._is_array(target) and target.dtype.kind in "iu":
+            (logits,) = self._operands(logits)
             self._float_dtype(logits)
-            if target.shape != logits.shape[:-1]:
+            if logits.ndim == 0 or target.shape != logits.shape[:-1]:
                 raise ValueError(
                     f"cross-entropy: integer labels must have shape {logits.shape[:-1]} for logits "
                     f"{logits.shape}, got {target.shape}"
                 )
+            self._check_labels(target, logits.shape[-1], "cross-entropy")
             grad = self._out(grad, logits.shape, logits.dtype, "cross-entropy")
         else:
-            grad = self._loss_grad(logits, target, grad, "cross-entropy")
+            logits, target, grad = self._loss_operands(logits, target, grad, "cross-entropy")
+            if logits.ndim == 0:
+                raise ValueError("cross-entropy: expected logits of shape (*, classes), got a scalar")
         return self.kernels.softmax_cross_entropy(logits, target, grad)
 
     # --- optimizers (in place) ---------------------------------------------------------------------
@@ -333,8 +414,12 @@ class Backend:
     def sgd_update(self, param: Any, grad: Any, velocity: Any, scratch: Any, *, lr: float,
                    momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                    first_step: bool = False) -> Any:
-        """One ``torch.optim.SGD`` step on ``param`` in place (``velocity``: momentum buffer)."""
+        """One ``torch.optim.SGD`` step on ``param`` in place (``velocity``: momentum buffer).
+        Every array has ``param``'s shape and dtype."""
+        self._in_place("sgd_update", param=param, velocity=velocity, scratch=scratch)
+        grad = self._operands(param, grad)[1]
         self._float_dtype(param, grad, velocity, scratch)
+        self._same_shape("sgd_update", ("param", param), grad=grad, velocity=velocity, scratch=scratch)
         return self.kernels.sgd(param, grad, velocity, scratch, lr=lr, momentum=momentum,
                                 nesterov=nesterov, weight_decay=weight_decay, first_step=first_step)
 
@@ -342,8 +427,16 @@ class Backend:
                     scratch2: Any, *, step: int, lr: float, beta1: float, beta2: float, eps: float,
                     weight_decay: float = 0.0, decoupled: bool = False) -> Any:
         """One ``torch.optim.Adam`` (or ``AdamW`` when ``decoupled``) step in place; ``step`` is
-        the 1-based step count used for bias correction."""
+        the 1-based step count used for bias correction. Every array has ``param``'s shape and
+        dtype."""
+        self._in_place("adam_update", param=param, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, scratch=scratch,
+                       scratch2=scratch2)
+        grad = self._operands(param, grad)[1]
         self._float_dtype(param, grad, exp_avg, exp_avg_sq, scratch, scratch2)
+        self._same_shape("adam_update", ("param", param), grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
+                         scratch=scratch, scratch2=scratch2)
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 1:
+            raise ValueError(f"adam_update: step is the 1-based step count, got {step!r}")
         return self.kernels.adam(param, grad, exp_avg, exp_avg_sq, scratch, scratch2, step=step,
                                  lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                                  weight_decay=weight_decay, decoupled=decoupled)

@@ -59,6 +59,11 @@ __global__ void softmax_xent_labels(const T* z, const long long* labels, T* grad
     T scale = inv_n / total;
     for (long long j = 0; j < classes; ++j) g[j] *= scale;
     long long label = labels[i];
+    if (label < 0 || label >= classes) {  // never index outside the row: the row becomes NaN
+      for (long long j = 0; j < classes; ++j) g[j] = fastnn::m_nan(top);
+      row_loss[i] = fastnn::m_nan(top);
+      continue;
+    }
     g[label] -= inv_n;
     row_loss[i] = top + fastnn::m_log(total) - row[label];
   }

@@ -32,6 +32,8 @@ FASTNN_HD float m_sqrt(float x) { return sqrtf(x); }
 FASTNN_HD double m_sqrt(double x) { return sqrt(x); }
 FASTNN_HD float m_big(float) { return 3.4028234663852886e38f; }
 FASTNN_HD double m_big(double) { return 1.7976931348623157e308; }
+FASTNN_HD float m_nan(float) { return nanf(""); }
+FASTNN_HD double m_nan(double) { return nan(""); }
 
 template <typename T> FASTNN_HD bool is_nan(T x) { return x != x; }
 
@@ -103,10 +105,17 @@ template <typename T> FASTNN_HD T activation_backward(int code, T dy, T z, T y, 
 }
 
 // Binary cross-entropy terms (per element; the kernels divide by the element count).
-template <typename T> FASTNN_HD T bce_with_logits_loss(T x, T t) { return softplus(x) - x * t; }
+// max(x, 0) - x t + log1p(exp(-|x|)): the first two terms cancel exactly for a confident, correct
+// logit, leaving the tail (softplus(x) - x t rounds it away, or below zero).
+template <typename T> FASTNN_HD T bce_with_logits_loss(T x, T t) {
+  T a = x < T(0) ? -x : x;
+  return ((x > T(0) ? x : T(0)) - x * t) + m_log1p(m_exp(-a));
+}
 template <typename T> FASTNN_HD T bce_with_logits_grad(T x, T t) { return sigmoid(x) - t; }
 
+// A probability outside [0, 1] (or NaN) gives NaN loss and gradient, as on every backend.
 template <typename T> FASTNN_HD T bce_loss(T p, T t) {
+  if (!(p >= T(0) && p <= T(1))) return m_nan(p);
   T log_p = p > T(0) ? m_log(p) : T(-100);
   T log_q = p < T(1) ? m_log1p(-p) : T(-100);
   log_p = is_nan(p) ? p : (log_p < T(-100) ? T(-100) : log_p);
@@ -114,6 +123,7 @@ template <typename T> FASTNN_HD T bce_loss(T p, T t) {
   return -(t * log_p + (T(1) - t) * log_q);
 }
 template <typename T> FASTNN_HD T bce_grad(T p, T t) {
+  if (!(p >= T(0) && p <= T(1))) return m_nan(p);
   T d = p * (T(1) - p);
   return (p - t) / (d > T(1e-12) ? d : T(1e-12));
 }

@@ -81,7 +81,8 @@ def _batch_view(operand, batch):
 
 def matmul_kernel(a, b, out=None):
     """NumPy matmul semantics; batches of small matrices go to the parallel JIT kernel."""
-    if a.ndim >= 2 and b.ndim >= 2 and max(a.ndim, b.ndim) >= 3 and _contiguous(a, b) \
+    # (zero-sized operands go to NumPy: nothing to compute, and a (-1, r, c) view of them is ambiguous)
+    if a.ndim >= 2 and b.ndim >= 2 and max(a.ndim, b.ndim) >= 3 and _contiguous(a, b) and a.size and b.size \
             and a.shape[-2] * a.shape[-1] * b.shape[-1] <= SMALL_MATMUL_MACS:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         left, right = _batch_view(a, batch), _batch_view(b, batch)

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .jit import SOURCE_STAMP, serial_and_parallel
-from .scalar import fast_exp, like, sigmoid, softplus
+from .scalar import fast_exp, like, sigmoid
 from .simd import max_skipping_nan, prefetch
 
 
@@ -72,6 +72,11 @@ def _softmax_xent_labels(z, labels, grad, inv_n):
         for j in range(classes):
             grad[i, j] *= scale
         label = labels[i]
+        if label < 0 or label >= classes:  # never index outside the row: the row becomes NaN
+            for j in range(classes):
+                grad[i, j] = np.nan
+            total += np.nan
+            continue
         grad[i, label] -= inv_n
         total += np.float64(top) + math.log(s) - np.float64(z[i, label])
     return total
@@ -100,11 +105,15 @@ def _softmax_xent_probs(z, target, grad, inv_n):
 
 
 def _bce_with_logits(x, t, grad, inv_n):
+    """l = max(x, 0) - x t + log1p(exp(-|x|)) in float64: for a confident, correct logit the
+    first two terms cancel exactly and the tail is the whole loss (softplus(x) - x t in the
+    data's precision left float32 rounding noise of ~|x| 6e-8 there)."""
     total = 0.0
     for i in prange(x.size):
         v = x[i]
         target = t[i]
-        total += np.float64(softplus(v)) - np.float64(v) * np.float64(target)
+        w = np.float64(v)
+        total += (max(w, 0.0) - w * np.float64(target)) + math.log1p(math.exp(-abs(w)))
         grad[i] = (sigmoid(v) - target) * inv_n
     return total
 
@@ -116,10 +125,12 @@ def _bce(p, t, grad, inv_n):
         target = np.float64(t[i])
         log_p = max(math.log(prob), -100.0) if prob > 0 else -100.0
         log_q = max(math.log1p(-prob), -100.0) if prob < 1 else -100.0
-        if prob != prob:
-            log_p = prob
+        g = (prob - target) / max(prob * (1.0 - prob), 1e-12) * inv_n
+        if not (0.0 <= prob <= 1.0):  # NaN, or not a probability: NaN as log(p) would give
+            log_p = np.nan
+            g = np.nan
         total -= target * log_p + (1.0 - target) * log_q
-        grad[i] = (prob - target) / max(prob * (1.0 - prob), 1e-12) * inv_n
+        grad[i] = g
     return total
 
 

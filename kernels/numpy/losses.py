@@ -24,20 +24,33 @@ def _mean(total, n: int, dtype) -> np.ndarray:
         return np.asarray(total / n if n else np.nan, dtype=dtype)
 
 
+def _sum(values) -> float:
+    """Sum in float64 whatever the dtype (as PyTorch and the numba backend accumulate): a float32
+    BLAS dot or a float32 sum of 1e8 terms loses ~1 % (MSE of 1e8 elements of 100.1: 10172.9
+    instead of 10020.0)."""
+    return float(np.add.reduce(values.reshape(-1), dtype=np.float64))
+
+
 def mse(pred, target, grad):
     n = pred.size
     np.subtract(pred, target, out=grad)
-    flat = grad.reshape(-1)
-    value = _mean(np.dot(flat, flat), n, pred.dtype)
+    value = _mean(_sum(np.square(grad)), n, pred.dtype)
     grad *= 2.0 / max(n, 1)
     return value, grad
 
 
 def bce_with_logits(logits, target, grad):
-    """l = softplus(x) - x t, exact for any logit; grad = sigmoid(x) - t."""
+    """l = max(x, 0) - x t + log1p(exp(-|x|)), per element (no cancellation between two large
+    sums: confident, correct logits give ~exp(-|x|), not rounding noise); grad = sigmoid(x) - t."""
     n = logits.size
-    special.softplus(logits, grad)
-    value = _mean(grad.sum() - np.dot(logits.reshape(-1), target.reshape(-1)), n, logits.dtype)
+    tail = np.abs(logits)
+    np.negative(tail, out=tail)
+    np.exp(tail, out=tail)
+    np.log1p(tail, out=tail)
+    np.maximum(logits, 0, out=grad)
+    grad -= logits * target  # exactly 0 for a confident, correct logit: then the tail is all
+    grad += tail
+    value = _mean(_sum(grad), n, logits.dtype)
     special.sigmoid(logits, grad)
     grad -= target
     grad *= 1.0 / max(n, 1)
@@ -45,19 +58,25 @@ def bce_with_logits(logits, target, grad):
 
 
 def bce(prob, target, grad):
-    """Binary cross-entropy on probabilities, logs clamped at -100 as in PyTorch."""
+    """Binary cross-entropy on probabilities, logs clamped at -100 as in PyTorch. A probability
+    outside [0, 1] (or NaN) gives NaN in the loss and its gradient, as on every backend."""
     n = prob.size
-    with np.errstate(divide="ignore"):  # log(0) = -inf, then clamped
+    with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, then clamped; log(<0) = NaN
         log_p = np.maximum(np.log(prob), _BCE_LOG_FLOOR)
         log_q = np.maximum(np.log1p(-prob), _BCE_LOG_FLOOR)
-    # -(t log p + (1 - t) log q) = -(log q + t (log p - log q))
+    # -(t log p + (1 - t) log q) = -(log q + t (log p - log q)), per element, summed in float64
     log_p -= log_q
-    value = _mean(-(log_q.sum() + np.dot(target.reshape(-1), log_p.reshape(-1))), n, prob.dtype)
+    log_p *= target
+    log_p += log_q
+    value = _mean(-_sum(log_p), n, prob.dtype)
     np.subtract(1, prob, out=grad)
     grad *= prob
     np.maximum(grad, _BCE_GRAD_EPS, out=grad)
     np.divide(np.subtract(prob, target), grad, out=grad)
     grad *= 1.0 / max(n, 1)
+    outside = (prob < 0) | (prob > 1)
+    if outside.any():
+        grad[outside] = np.nan
     return value, grad
 
 
@@ -84,8 +103,9 @@ _GLOBAL_SHIFT_SPREAD = {np.dtype(np.float32): 60.0, np.dtype(np.float64): 600.0}
 def softmax_cross_entropy(logits, target, grad):
     """Cross-entropy of softmax(logits) over the last axis, log-sum-exp stable.
 
-    ``target`` is integer class labels of shape ``logits.shape[:-1]`` or probabilities of
-    ``logits.shape``. grad = (softmax(logits) - onehot) / n_samples.
+    ``target`` is integer class labels of shape ``logits.shape[:-1]`` (a label outside
+    ``[0, classes)`` makes its row and the loss NaN) or probabilities of ``logits.shape``.
+    grad = (softmax(logits) - onehot) / n_samples, or (sum(t) softmax(logits) - t) / n_samples.
     """
     classes = logits.shape[-1]
     z = logits.reshape(-1, classes)
@@ -103,23 +123,34 @@ def softmax_cross_entropy(logits, target, grad):
     total = np.matmul(g, _ones(classes, g.dtype))[:, None]
     g /= total  # softmax
     if target.dtype.kind in "iu":
+        labels = target.reshape(-1)
+        bad = (labels < 0) | (labels >= classes)
+        any_bad = bool(bad.any())
+        if any_bad:  # never index outside a row: such rows become NaN
+            labels = np.where(bad, 0, labels)
         # Flat positions row * classes + label: cheaper than z[rows, labels] on small batches.
-        flat = _row_starts(z.shape[0], classes) + target.reshape(-1)
+        flat = _row_starts(z.shape[0], classes) + labels
         g_flat = g.reshape(-1)
         if global_shift:
             # Every probability is >= exp(-spread) / classes, far from underflow: -log(p) is exact.
-            total_loss = -np.log(np.take(g_flat, flat)).sum()
+            total_loss = -_sum(np.log(np.take(g_flat, flat)))
         else:
             log_total = np.log(total, out=total)
             log_total += shift  # log-sum-exp per sample
-            total_loss = log_total.sum() - np.take(z.reshape(-1), flat).sum()
+            total_loss = _sum(log_total) - _sum(np.take(z.reshape(-1), flat))
         g_flat[flat] -= 1
+        if any_bad:
+            g[bad] = np.nan
+            total_loss = np.nan
     else:
         probs = target.reshape(-1, classes)
         log_total = np.log(total, out=total)
         log_total += shift
-        # sum_c t_c (lse - z_c) = lse * sum_c t_c - sum_c t_c z_c
-        total_loss = np.dot(log_total[:, 0], probs.sum(axis=1)) - np.vdot(probs, z)
+        # loss_i = sum_c t_c (lse - z_c) = lse * mass - sum_c t_c z_c, with mass = sum_c t_c (not
+        # always 1: soft, multi-hot or partial targets), so its gradient is mass * softmax - t
+        mass = np.add.reduce(probs, axis=1, dtype=np.float64)
+        total_loss = float(np.dot(log_total[:, 0].astype(np.float64), mass)) - _sum(probs * z)
+        g *= mass.astype(g.dtype)[:, None]
         g -= probs
     g *= 1.0 / n
     return _mean(total_loss, n, logits.dtype), grad
