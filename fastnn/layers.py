@@ -10,10 +10,17 @@ Protocol shared by every layer:
 The arrays ``forward`` and ``backward`` return are the layer's workspaces, reused by the next call
 with the same batch shape; copy them to keep them. ``Network.forward`` and ``predict`` return
 fresh arrays.
+
+- ``infer(x) -> y``: the output alone, for inference. It caches nothing (a later ``backward``
+  still sees the last ``forward``) and works in buffers of the calling thread's own, so any
+  number of threads may call it on one layer at once. Training (``forward``/``backward``,
+  ``fit``) uses the layer's single set of workspaces: one thread at a time, and not while
+  another thread changes the parameters.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,12 +55,27 @@ class Layer:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self._workspace = Workspace()
+        self._per_thread = threading.local()  # inference workspaces, one set per thread
+
+    # True where every output lies in [0, 1] (what BCE needs as its input)
+    outputs_probabilities: bool = False
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:
         raise NotImplementedError
+
+    def infer(self, x: Any) -> Any:
+        """The output for ``x`` without caching anything for ``backward``, in this thread's own
+        workspace (safe to call from many threads at once)."""
+        raise NotImplementedError
+
+    def _inference_workspace(self) -> Workspace:
+        workspace = getattr(self._per_thread, "workspace", None)
+        if workspace is None:
+            workspace = self._per_thread.workspace = Workspace()
+        return workspace
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
         raise NotImplementedError
@@ -70,6 +92,12 @@ class Layer:
         """The inverse of ``config()`` (parameters are loaded separately)."""
         return cls(**config, backend=backend)
 
+    @classmethod
+    def parameter_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shape of each parameter a layer built from ``config`` has, without building it
+        (a checkpoint's arrays are checked against these before any memory is allocated)."""
+        return {}
+
     def to(self, backend: Backend | str) -> Layer:
         """Move parameters to another backend (in place; returns ``self``)."""
         from .backends import backend_for
@@ -80,11 +108,16 @@ class Layer:
                 store[name] = target.asarray(self.backend.to_numpy(value), self.dtype)
         self.backend = target
         self._workspace = Workspace()
+        self._per_thread = threading.local()
         return self
 
     def _new_pair(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """Output and input-gradient workspaces of a shape-preserving layer."""
         return self.backend.empty(shape, self.dtype), self.backend.empty(shape, self.dtype)
+
+    def _new_output(self, shape: tuple[int, ...]) -> Any:
+        """The output workspace of a shape-preserving layer, for ``infer``."""
+        return self.backend.empty(shape, self.dtype)
 
     def _input(self, x: Any) -> Any:
         return self.backend.asarray(x, self.dtype)
@@ -174,19 +207,36 @@ class Linear(Layer):
         return (z, z if identity else empty(shape, self.dtype), None if identity else empty(shape, self.dtype),
                 empty((*lead, self.in_features), self.dtype))
 
-    def forward(self, x: Any) -> Any:
+    @property
+    def outputs_probabilities(self) -> bool:  # type: ignore[override]
+        return self.activation == "sigmoid"
+
+    def _checked_input(self, x: Any) -> Any:
         x = self._input(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{self!r} expects inputs of shape (*, {self.in_features}), got {x.shape}"
             )
-        lead = x.shape[:-1]
-        slot = self._workspace.slot(lead, self._new_slot)
+        return x
+
+    def forward(self, x: Any) -> Any:
+        x = self._checked_input(x)
+        slot = self._workspace.slot(x.shape[:-1], self._new_slot)
         # Shapes and dtypes are settled above and at construction: call the kernel directly.
         self.backend.kernels.linear_forward(x, self.params["weight"], self.params.get("bias"),
                                             self.activation, self.alpha, slot[0], slot[1])
         self._x, self._slot = x, slot
         return slot[1]
+
+    def infer(self, x: Any) -> Any:
+        x = self._checked_input(x)
+        z, y = self._inference_workspace().slot(x.shape[:-1], self._new_inference_slot)
+        return self.backend.kernels.linear_forward(x, self.params["weight"], self.params.get("bias"),
+                                                   self.activation, self.alpha, z, y)[1]
+
+    def _new_inference_slot(self, lead: tuple[int, ...]) -> tuple[Any, Any]:
+        z = self.backend.empty((*lead, self.out_features), self.dtype)
+        return z, z if self.activation == "identity" else self.backend.empty(z.shape, self.dtype)
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
         self._require_forward(self._x)
@@ -211,6 +261,16 @@ class Linear(Layer):
     def from_config(cls, config: dict[str, Any], backend: Backend | str | None = None) -> Linear:
         return cls(**config, init="zeros", backend=backend)  # parameters are loaded next
 
+    @classmethod
+    def parameter_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        sizes = (config.get("in_features"), config.get("out_features"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+            raise ValueError(f"Linear needs positive integer in_features and out_features, got {sizes}")
+        shapes = {"weight": (sizes[1], sizes[0])}
+        if config.get("bias", True):
+            shapes["bias"] = (sizes[1],)
+        return shapes
+
 
 class Activation(Layer):
     """An elementwise activation as a layer of its own (seed 003's ``ActivationLayer`` style)."""
@@ -230,11 +290,20 @@ class Activation(Layer):
             return f"Activation({self.activation!r}{', ' + alpha if alpha else ''})"
         return f"{type(self).__name__}({alpha})"
 
+    @property
+    def outputs_probabilities(self) -> bool:  # type: ignore[override]
+        return self.activation == "sigmoid"
+
     def forward(self, x: Any) -> Any:
         z = self._input(x)
         y, self._dz = self._workspace.slot(z.shape, self._new_pair)
         self._z, self._y = z, self.backend.kernels.forward[self.activation](z, y, self.alpha)
         return y
+
+    def infer(self, x: Any) -> Any:
+        z = self._input(x)
+        y = self._inference_workspace().slot(z.shape, self._new_output)
+        return self.backend.kernels.forward[self.activation](z, y, self.alpha)
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
         self._require_forward(self._z)
@@ -302,13 +371,23 @@ class Softmax(Layer):
     def __repr__(self) -> str:
         return "Softmax()"
 
-    def forward(self, x: Any) -> Any:
+    outputs_probabilities = True
+
+    def _checked_input(self, x: Any) -> Any:
         z = self._input(x)
         if z.ndim == 0:
             raise ValueError("Softmax expects inputs of shape (*, classes), got a scalar")
+        return z
+
+    def forward(self, x: Any) -> Any:
+        z = self._checked_input(x)
         y, self._dz = self._workspace.slot(z.shape, self._new_pair)
         self._y = self.backend.kernels.softmax(z, y)
         return y
+
+    def infer(self, x: Any) -> Any:
+        z = self._checked_input(x)
+        return self.backend.kernels.softmax(z, self._inference_workspace().slot(z.shape, self._new_output))
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
         self._require_forward(self._y)

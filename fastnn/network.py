@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,12 @@ class Network:
     ``params``/``grads`` entries view into, so an optimizer step is one fused update. Arrays
     returned by ``forward``/``predict`` are fresh; the layers' intermediate arrays are reused
     workspaces.
+
+    Threads: ``predict`` and ``evaluate`` may run on one network from any number of threads at
+    once (each thread computes in workspaces of its own, and neither touches what ``backward``
+    needs). ``forward``/``backward`` and ``fit`` train: one thread at a time, with no thread
+    predicting while another changes the parameters; a second concurrent ``fit`` on one
+    network raises ``RuntimeError``.
     """
 
     def __init__(self, layers: Iterable[Layer] | None = None) -> None:
@@ -30,6 +37,7 @@ class Network:
         self._flat: tuple[Any, Any] | None = None
         self._offsets: dict[tuple[int, str], int] = {}
         self.loss: Loss | None = None  # the loss of the last ``fit``, used by ``evaluate``
+        self._training = threading.Lock()  # held by ``fit``: one training run at a time
         for layer in layers or ():
             self.add(layer)
 
@@ -148,6 +156,12 @@ class Network:
             x = layer.forward(x)
         return x
 
+    def _infer(self, x: Any) -> Any:
+        """The output for a checked ``x``, caching nothing, in this thread's workspaces."""
+        for layer in self.layers:
+            x = layer.infer(x)
+        return x
+
     def _backward(self, dy: Any, need_input_grad: bool) -> Any:
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
@@ -167,14 +181,15 @@ class Network:
         return self._backward(dy, need_input_grad=True)
 
     def predict(self, X: Any, batch_size: int = 1024) -> Any:
-        """Outputs for ``X (N, ..., in)`` computed ``batch_size`` samples at a time."""
+        """Outputs for ``X (N, ..., in)`` computed ``batch_size`` samples at a time, as a fresh
+        array. Thread-safe, and leaves the state ``backward`` uses as the last ``forward`` left it."""
         X = self.check_input(X, "X")
         if X.ndim == 1:
-            return self.forward(X)
+            return self.backend.xp.array(self._infer(X), copy=True)
         training.check_batch_size(batch_size)
         out = self.backend.empty(self.output_shape(X.shape), self.dtype)
         for start in range(0, X.shape[0], batch_size):
-            out[start : start + batch_size] = self._forward(X[start : start + batch_size])
+            out[start : start + batch_size] = self._infer(X[start : start + batch_size])
         return out
 
     # --- training ---------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ The environment variable ``FASTNN_BACKEND`` is read the first time a backend is 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -72,9 +72,17 @@ REGISTRY: dict[str, BackendEntry] = {
 VALID_NAMES = (*REGISTRY, "auto")
 
 
-@functools.cache
+_probes: dict[str, str | None] = {}
+_probes_lock = threading.Lock()
+
+
 def _probe(name: str) -> str | None:
-    return REGISTRY[name].probe()
+    """The probe's verdict for ``name``, run once per process (under a lock)."""
+    if name not in _probes:
+        with _probes_lock:
+            if name not in _probes:
+                _probes[name] = REGISTRY[name].probe()
+    return _probes[name]
 
 
 def available_backends() -> dict[str, str | None]:
@@ -93,10 +101,21 @@ def resolve_auto() -> str:
     return next(name for name in AUTO_ORDER if _probe(name) is None)
 
 
-@functools.cache
+_instances: dict[str, Backend] = {}
+_instances_lock = threading.Lock()
+
+
 def _instance(name: str) -> Backend:
-    module_name, class_name = REGISTRY[name].factory.split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    """The one instance of backend ``name`` in this process (built under a lock: threads that
+    ask at once all get the same instance, so their layers combine)."""
+    instance = _instances.get(name)
+    if instance is None:
+        with _instances_lock:
+            instance = _instances.get(name)
+            if instance is None:
+                module_name, class_name = REGISTRY[name].factory.split(":")
+                instance = _instances[name] = getattr(importlib.import_module(module_name), class_name)()
+    return instance
 
 
 def backend_for(name: str | Backend) -> Backend:
@@ -116,11 +135,20 @@ def backend_for(name: str | Backend) -> Backend:
 _current: ContextVar[Backend | None] = ContextVar("fastnn_backend", default=None)
 
 
+def default_backend_name() -> str:
+    """The backend name ``FASTNN_BACKEND`` selects (``"auto"`` when unset), checked: an unknown
+    value raises ``ValueError`` naming the variable."""
+    name = os.environ.get("FASTNN_BACKEND", "auto").strip() or "auto"
+    if name not in VALID_NAMES:
+        raise ValueError(f"FASTNN_BACKEND={name!r} is not a backend; expected one of {list(VALID_NAMES)}")
+    return name
+
+
 def get_backend() -> Backend:
     """The current backend; on first use, the one named by ``FASTNN_BACKEND`` (default ``auto``)."""
     backend = _current.get()
     if backend is None:
-        backend = backend_for(os.environ.get("FASTNN_BACKEND", "auto"))
+        backend = backend_for(default_backend_name())
         _current.set(backend)
     return backend
 

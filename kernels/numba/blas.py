@@ -9,8 +9,11 @@ wheels ship it); with any other BLAS ``find()`` returns None and callers keep th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,3 +72,28 @@ def find() -> Blas | None:
             getter.restype, getter.argtypes = ctypes.c_int, []
             return Blas(sgemm, dgemm, setter, getter, int_t is ctypes.c_int64, info["filepath"])
     return None
+
+
+_single_lock = threading.Lock()
+_single_holders: dict[str, int] = {}  # per library path: how many sections are open
+_single_saved: dict[str, int] = {}  # per library path: its thread count before the first
+
+
+@contextlib.contextmanager
+def single_threaded(blas: Blas) -> Iterator[None]:
+    """While any such section is open (in any thread), ``blas`` runs on one thread; the first to
+    enter saves the thread count and the last to leave restores it. (Each section saving and
+    restoring on its own left BLAS on one thread for good when two fits overlapped: A enters,
+    B enters and saves 1, A restores, B restores the 1.)"""
+    with _single_lock:
+        if _single_holders.get(blas.path, 0) == 0:
+            _single_saved[blas.path] = blas.get_num_threads()
+            blas.set_num_threads(1)
+        _single_holders[blas.path] = _single_holders.get(blas.path, 0) + 1
+    try:
+        yield
+    finally:
+        with _single_lock:
+            _single_holders[blas.path] -= 1
+            if _single_holders[blas.path] == 0:
+                blas.set_num_threads(_single_saved.pop(blas.path))
