@@ -63,8 +63,21 @@ class Loss:
         return target
 
     def correct(self, xp: Any, pred: Any, target: Any) -> Any | None:
-        """Number of correctly classified samples in a batch, or ``None`` if not a classifier."""
+        """Correctly classified samples in a batch, or ``None`` if the loss and output do not
+        make a classifier. A sample with several positions (``pred (N, P, classes)``) counts as
+        the fraction of its positions that are right, so that summed over batches and divided
+        by the number of samples this is an accuracy in [0, 1]."""
         return None
+
+    def check_network(self, network: Any) -> None:
+        """Raise if ``network``'s outputs cannot be this loss's input (only BCE has a domain)."""
+
+
+def _per_sample(count: Any, pred: Any, positions_from: int) -> Any:
+    """``count`` of correct positions in units of samples: divided by the positions a sample of
+    ``pred`` has (the product of ``pred.shape[1:positions_from]``)."""
+    positions = int(np.prod(pred.shape[1:positions_from], dtype=np.int64)) if pred.ndim > 1 else 1
+    return count if positions == 1 else count / positions
 
 
 def _check_finite(backend: Backend, values: Any, what: str) -> None:
@@ -73,9 +86,11 @@ def _check_finite(backend: Backend, values: Any, what: str) -> None:
 
 
 def _argmax_correct(xp: Any, pred: Any, target: Any) -> Any | None:
+    """Positions whose largest output is the target's largest entry (one-hot or probability
+    targets); None for fewer than two outputs, where there is no class to pick."""
     if pred.ndim == 0 or pred.shape[-1] < 2:
         return None
-    return xp.count_nonzero(xp.argmax(pred, axis=-1) == xp.argmax(target, axis=-1))
+    return _per_sample(xp.count_nonzero(xp.argmax(pred, axis=-1) == xp.argmax(target, axis=-1)), pred, -1)
 
 
 class MSE(Loss):
@@ -97,7 +112,8 @@ class _Binary(Loss):
         return target
 
     def correct(self, xp: Any, pred: Any, target: Any) -> Any | None:
-        return xp.count_nonzero((pred > self.threshold) == (target > 0.5)) / max(pred.shape[-1], 1)
+        # every output is a binary decision: a sample's share of right ones
+        return _per_sample(xp.count_nonzero((pred > self.threshold) == (target > 0.5)), pred, pred.ndim)
 
 
 class BCE(_Binary):
@@ -109,6 +125,15 @@ class BCE(_Binary):
         if pred.size and not bool(((pred >= 0) & (pred <= 1)).all()):
             raise ValueError(f"BCE() expects probabilities in [0, 1]; got values from "
                              f"{float(pred.min())} to {float(pred.max())} (use BCEWithLogits for logits)")
+
+    def check_network(self, network: Any) -> None:
+        """The last layer must produce probabilities (a sigmoid or a softmax): any other output
+        can leave [0, 1] during training, where the loss is undefined (NaN)."""
+        last = network.layers[-1] if network.layers else None
+        if not getattr(last, "outputs_probabilities", False):
+            raise ValueError(f"BCE() expects probabilities in [0, 1], but the network ends in {last!r}, whose "
+                             "outputs are not confined to [0, 1]: end it in a sigmoid, or train its logits "
+                             "with loss='bce_with_logits' (exact, and what PyTorch recommends)")
 
 
 class BCEWithLogits(_Binary):
@@ -141,7 +166,7 @@ class CrossEntropy(Loss):
 
     def correct(self, xp: Any, pred: Any, target: Any) -> Any | None:
         if target.dtype.kind in "iu":
-            return xp.count_nonzero(xp.argmax(pred, axis=-1) == target)
+            return _per_sample(xp.count_nonzero(xp.argmax(pred, axis=-1) == target), pred, -1)
         return _argmax_correct(xp, pred, target)
 
 

@@ -172,3 +172,19 @@ class AdamW(Adam):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def get(optimizer: str | Optimizer | None) -> Optimizer:
+    """An optimizer from an ``Optimizer`` instance, a name in ``OPTIMIZERS`` (default
+    hyperparameters) or ``None`` (``SGD(lr=0.01)``)."""
+    if optimizer is None:
+        return SGD(lr=0.01)
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
+        return optimizer()
+    cls = OPTIMIZERS.get(optimizer.lower()) if isinstance(optimizer, str) else None
+    if cls is None:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected an Optimizer (e.g. fastnn.SGD(lr=0.1)) "
+                         f"or one of {sorted(OPTIMIZERS)}")
+    return cls()

@@ -25,8 +25,8 @@ import numpy as np
 
 from . import checkpoint as _checkpoint
 from . import losses as _losses
+from . import optimizers as _optimizers
 from .dense_plan import dense_plan
-from .optimizers import SGD
 from .workspace import Workspace
 
 
@@ -187,15 +187,19 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     """Train ``network`` on ``X (N, ..., in)`` and targets ``y`` up to epoch ``epochs``.
 
     - ``loss``: a ``fastnn.losses.Loss`` or its name (``"mse"``, ``"bce"``, ``"bce_with_logits"``,
-      ``"cross_entropy"``). ``optimizer`` defaults to ``SGD(lr=0.01)``.
+      ``"cross_entropy"``). ``optimizer``: an ``Optimizer`` or its name (``"sgd"``, ``"adam"``,
+      ``"adamw"``, with default hyperparameters); default ``SGD(lr=0.01)``.
+    - ``batch_size`` larger than the data is one batch of all of it.
     - ``shuffle`` draws a new order each epoch from ``numpy.random.default_rng(seed)``.
     - ``validation_data=(X_val, y_val)`` adds ``val_loss`` (and ``val_accuracy``) each epoch.
-    - ``metrics``: track accuracy; ``None`` means "if the loss is a classifier's".
+    - ``metrics``: track accuracy; ``None`` means "if the loss and output make a classifier";
+      ``True`` where they do not (MSE on one output, say) raises ``ValueError``.
     - ``progress``: a tqdm bar per epoch (loss, samples/s) when stderr is a terminal.
     - ``checkpoint=PATH``: every ``checkpoint_every`` epochs (and after the last), atomically write
       the network, the optimizer state, the shuffling state and the history so far.
     - ``resume=PATH``: continue such a run from its last checkpoint; with the same data, seed and
-      optimizer the result is bit-for-bit that of an uninterrupted run. ``epochs`` is the total.
+      optimizer the result is bit-for-bit that of an uninterrupted run. ``epochs`` is the total:
+      fewer than the checkpoint has already trained raises ``ValueError``; as many trains nothing.
     - ``on_epoch(epoch, record)`` is called after each epoch.
 
     A NaN or inf in the loss, a gradient or the parameters raises ``NonFiniteError`` naming the
@@ -204,8 +208,22 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     where the backend trains whole steps in one kernel) and returns the history so far
     (``history.interrupted`` is then True).
     """
+    if not network._training.acquire(blocking=False):
+        raise RuntimeError("this network is already being trained (fit is running on it in another thread); "
+                           "train one network from one thread at a time")
+    try:
+        return _fit(network, X, y, loss, optimizer, epochs, batch_size, shuffle, seed, validation_data, progress,
+                    metrics, checkpoint, checkpoint_every, resume, on_epoch)
+    finally:
+        network._training.release()
+
+
+def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, batch_size: int, shuffle: bool,
+         seed: int | None, validation_data: tuple[Any, Any] | None, progress: bool, metrics: bool | None,
+         checkpoint: str | None, checkpoint_every: int, resume: str | None,
+         on_epoch: Callable[[int, dict[str, float]], None] | None) -> History:
     loss = _losses.get(loss)
-    optimizer = SGD(lr=0.01) if optimizer is None else optimizer
+    optimizer = _optimizers.get(optimizer)
     batch_size = check_batch_size(batch_size)
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -214,6 +232,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     X, target = prepare(network, X, y, loss)
     if X.shape[0] == 0:
         raise ValueError(f"fit needs at least one sample; X has shape {X.shape}")
+    loss.check_network(network)
+    batch_size = min(batch_size, X.shape[0])  # buffers are sized by the batch: never past the data
     validation = None
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -225,7 +245,12 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     backend, xp = network.backend, network.backend.xp
     n = X.shape[0]
     n_batches = -(-n // batch_size)
-    track_accuracy = metrics if metrics is not None else _is_classifier(loss, network, X, target)
+    classifier = _is_classifier(loss, network, X, target)
+    if metrics and not classifier:
+        raise ValueError(f"metrics=True asks for accuracy, which {loss!r} on outputs of shape "
+                         f"{network.output_shape(X.shape)} does not define (it needs at least two classes, or "
+                         "binary targets with BCE/BCEWithLogits); pass metrics=False or None")
+    track_accuracy = classifier if metrics is None else bool(metrics)
     rng = np.random.default_rng(seed)
     history = History()
     first_epoch = 1
@@ -234,6 +259,9 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
         rng.bit_generator.state = state["rng"]
         history.epochs = [dict(record) for record in state["history"]]
         first_epoch = int(state["epoch"]) + 1
+        if epochs < first_epoch - 1:
+            raise ValueError(f"resume: {resume!r} has trained {first_epoch - 1} epochs already; epochs is the "
+                             f"total to reach, so pass epochs > {first_epoch - 1} to train more (got {epochs})")
     buffers = Workspace()
     batch_losses = backend.empty(n_batches, np.float64)
     batch_correct = backend.empty(n_batches, np.float64)
@@ -367,7 +395,9 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
     (or loads from its cache) every kernel before anything is timed; returns the seconds taken.
     The network's parameters are restored exactly and the optimizer starts afresh."""
     loss = _losses.get(loss)
+    optimizer = _optimizers.get(optimizer)
     X, target = prepare(network, X, y, loss)
+    batch_size = min(check_batch_size(batch_size), X.shape[0])
     params, _ = network.flat_parameters()
     saved = params.copy()
     started = time.perf_counter()
@@ -403,7 +433,8 @@ def _is_classifier(loss: _losses.Loss, network: Any, X: Any, target: Any) -> boo
 
 def evaluate(network: Any, X: Any, y: Any, loss: Any = None, batch_size: int = 1024,
              prepared: bool = False) -> dict[str, float]:
-    """Mean loss (and accuracy for classifiers) of ``network`` on ``(X, y)``."""
+    """Mean loss (and accuracy for classifiers) of ``network`` on ``(X, y)``. Thread-safe, and
+    leaves the state ``backward`` uses untouched (it runs the layers' ``infer``)."""
     loss = _losses.get(loss if loss is not None else network.loss or _no_loss())
     if not prepared:
         X, y = prepare(network, X, y, loss)
@@ -413,7 +444,7 @@ def evaluate(network: Any, X: Any, y: Any, loss: Any = None, batch_size: int = 1
     total, correct, classifier = 0.0, 0.0, True
     for start in range(0, n, batch_size):
         xb, yb = X[start : start + batch_size], y[start : start + batch_size]
-        out = network._forward(xb)
+        out = network._infer(xb)
         value, _ = loss.compute(network.backend, out, yb)
         total += float(value) * xb.shape[0]
         count = loss.correct(xp, out, yb)
