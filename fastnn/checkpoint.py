@@ -21,12 +21,11 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from typing import Any
 
 import numpy as np
 
-from .layers import layer_from_config
+from .layers import LAYER_KINDS, layer_from_config
 
 FORMAT = "fastnn-checkpoint"
 VERSION = 1
@@ -76,18 +75,28 @@ def save(network: Any, path: str | os.PathLike, training: dict[str, Any] | None 
         raise
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def _read(path: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``. A missing or unreadable file raises its
+    ``OSError`` (``FileNotFoundError``, ``IsADirectoryError``, ...); anything that is not an intact
+    ``.npz`` raises ``ValueError``, whatever the damage (a damaged zip header can make the zip
+    and zlib modules raise ``NotImplementedError``, ``RuntimeError``, ``zlib.error``, ...)."""
+    with open(path, "rb") as handle:  # OSErrors of the file itself propagate as they are
+        magic = handle.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
+        raise ValueError(f"{path!r} is not a fastnn checkpoint: it is not an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("it is a single .npy array, not an .npz archive")
+                raise ValueError("it is not an .npz archive")
             return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, AttributeError) as exc:
-        raise ValueError(f"{path!r} is not a readable fastnn checkpoint ({exc})") from None
-    except TypeError as exc:  # np.load hands back an ndarray for .npy input
-        raise ValueError(f"{path!r} is not a readable fastnn checkpoint ({exc})") from None
+    except MemoryError:
+        raise ValueError(f"{path!r} is not a readable fastnn checkpoint (an array header declares more "
+                         "memory than the file can hold)") from None
+    except Exception as exc:  # noqa: BLE001  (any damage to the archive is a ValueError here)
+        raise ValueError(f"{path!r} is not a readable fastnn checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def _verified(path: str) -> tuple[dict[str, np.ndarray], list[Any], dict[str, Any] | None]:
@@ -100,7 +109,7 @@ def _verified(path: str) -> tuple[dict[str, np.ndarray], list[Any], dict[str, An
     if str(data.get("fastnn_format", "")) != FORMAT:
         raise fail("it has no fastnn_format marker (written by another program?)")
     version = data.get("format_version")
-    if version is None or version.shape != () or int(version) != VERSION:
+    if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != VERSION:
         raise fail(f"format version {version} is not supported (this fastnn reads {VERSION})")
     try:
         texts = [str(data["architecture"])] + ([str(data["training"])] if "training" in data else [])
@@ -124,6 +133,7 @@ def load(network_cls: type, path: str | os.PathLike, backend: Any = None) -> Any
     def fail(why: str) -> ValueError:
         return ValueError(f"{path!r} is not a valid fastnn checkpoint: {why}")
 
+    _check_declared_shapes(layers_spec, arrays, fail)
     network = network_cls()
     for index, spec in enumerate(layers_spec):
         try:
@@ -136,6 +146,21 @@ def load(network_cls: type, path: str | os.PathLike, backend: Any = None) -> Any
             raise fail(str(exc)) from None
     _load_parameters(network, arrays, fail)
     return network
+
+
+def _check_declared_shapes(layers_spec: list[Any], arrays: dict[str, np.ndarray], fail) -> None:
+    """Every parameter the architecture declares is stored with that shape, before any layer is
+    built: a small file cannot make ``load`` allocate what its arrays do not hold."""
+    for index, spec in enumerate(layers_spec):
+        try:
+            shapes = LAYER_KINDS[spec["kind"]].parameter_shapes(spec["config"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise fail(f"layer {index} cannot be rebuilt ({type(exc).__name__}: {exc})") from None
+        for name, shape in shapes.items():
+            stored = arrays.get(f"params/{index}/{name}")
+            if stored is None or stored.shape != shape:
+                raise fail(f"layer {index} ({spec['kind']}) declares parameter {name!r} of shape {shape}, but "
+                           f"the file holds {'none' if stored is None else stored.shape}")
 
 
 def _load_parameters(network: Any, arrays: dict[str, np.ndarray], fail) -> None:
@@ -168,6 +193,11 @@ def load_training(path: str | os.PathLike, network: Any, optimizer: Any) -> dict
     if training is None:
         raise fail("it holds a network but no training state (it was written by Network.save, "
                    "not by fit(checkpoint=...))")
+    expected = {"epoch": int, "rng": dict, "history": list, "optimizer": dict}
+    wrong = [key for key, kind in expected.items() if not isinstance(training.get(key), kind)] \
+        if isinstance(training, dict) else list(expected)
+    if wrong or isinstance(training["epoch"], bool) or training["epoch"] < 0:
+        raise fail(f"its training state lacks or garbles {', '.join(wrong) or 'epoch'}")
     if json.loads(architecture_of(network)) != layers_spec:
         raise fail("it was written for a different network architecture")
     network.flat_parameters()
