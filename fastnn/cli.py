@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from . import datasets, info
-from .backends import VALID_NAMES, use_backend
+from .backends import VALID_NAMES, default_backend_name, use_backend
 from .errors import BackendUnavailable
 from .layers import Linear
 from .network import Network
 from .optimizers import OPTIMIZERS
+from .training import NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,48 @@ TASKS: dict[str, Task] = {
 }
 
 
+class UsageError(ValueError):
+    """A command-line argument that cannot work; reported before anything runs or is written."""
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value}")
+
+
+def _check_writable(option: str, path: str | None) -> None:
+    """Fail before training, not after it, when ``path`` cannot be written."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} is a directory; give a file name such as {os.path.join(path, 'run.npz')!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option} {path!r}: the directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path!r}: the directory {directory!r} is not writable")
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Every check that needs no data or network: a bad argument fails at once, with nothing written."""
+    _positive("--epochs", args.epochs)
+    _positive("--batch-size", args.batch_size)
+    _positive("--hidden", args.hidden)
+    _check_writable("--save", args.save)
+    _check_writable("--checkpoint", args.checkpoint)
+    if args.plot is not None:
+        _check_writable("--plot", args.plot)
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume {args.resume!r}: no such file" if not os.path.exists(args.resume)
+                         else f"--resume {args.resume!r} is not a file")
+
+
 def train(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
+    _check_train_args(args)
     epochs = args.epochs if args.epochs is not None else task.epochs
-    batch_size = args.batch_size or task.batch_size
-    with use_backend(args.backend) as backend:
+    batch_size = args.batch_size if args.batch_size is not None else task.batch_size
+    with use_backend(args.backend or default_backend_name()) as backend:
         X_train, X_test, y_train, y_test = task.load(args.seed)
         net = task.build(args.activation or task.activation, args.hidden or task.hidden, args.seed)
         lr = args.lr if args.lr is not None else task.lr
@@ -132,7 +171,7 @@ def warmup(args: argparse.Namespace) -> int:
     from .activations import ACTIVATIONS
     from .backends import backend_for
 
-    backend = backend_for(args.backend)
+    backend = backend_for(args.backend or default_backend_name())
     started = time.perf_counter()
     for _ in backend.kernel_builds():
         for dtype in (np.float32, np.float64):
@@ -191,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="backends (and why any is unavailable), versions, BLAS, devices")
     warm = commands.add_parser("warmup", help="compile (or load from the on-disk cache) every JIT kernel now")
-    warm.add_argument("--backend", default="auto", choices=VALID_NAMES)
+    backend_help = "a backend name (default: $FASTNN_BACKEND, else auto)"
+    warm.add_argument("--backend", choices=VALID_NAMES, help=backend_help)
     trainer = commands.add_parser("train", help="train a bundled task and report loss, accuracy, samples/s")
     trainer.add_argument("task", choices=sorted(TASKS))
     bench_parser = commands.add_parser("bench", help="matrix core, fused kernels and training against naive loops, "
@@ -203,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--section", action="append", choices=["matrix", "elementwise", "training"])
     bench_parser.add_argument("--json", metavar="PATH", help="write every measurement and the machine as JSON")
     bench_parser.add_argument("--plot", metavar="PATH", help="write the chart as PNG (needs matplotlib)")
-    trainer.add_argument("--backend", default="auto", choices=VALID_NAMES)
+    trainer.add_argument("--backend", choices=VALID_NAMES, help=backend_help)
     trainer.add_argument("--epochs", type=int)
     trainer.add_argument("--batch-size", type=int)
     trainer.add_argument("--lr", type=float)
@@ -227,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "warmup":
             return warmup(args)
         return train(args)
-    except (BackendUnavailable, ValueError, ImportError) as exc:
-        print(f"fastnn: error: {exc}", file=sys.stderr)
+    except (BackendUnavailable, ValueError, ImportError, OSError, NonFiniteError) as exc:
+        # one line, no traceback: what went wrong and what was expected
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None:
+            message = f"{exc.strerror or exc}: {exc.filename!r}"
+        print(f"fastnn: error: {message}", file=sys.stderr)
         return 2
 
 

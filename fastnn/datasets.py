@@ -33,8 +33,18 @@ def digits(test_size: float = 0.2, seed: int = 0, dtype: Any = np.float32
 
 
 def one_hot(labels: Any, classes: int, dtype: Any = np.float32) -> np.ndarray:
-    """``(N,)`` integer labels -> ``(N, classes)`` one-hot rows (for MSE, as in seed 003)."""
+    """``(N,)`` integer labels in ``[0, classes)`` -> ``(N, classes)`` one-hot rows (for MSE, as in
+    seed 003). Labels that are not integers, or out of range, raise ``ValueError`` (NumPy's
+    indexing would encode -1 as the last class)."""
     labels = np.asarray(labels)
+    if not isinstance(classes, (int, np.integer)) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"one_hot: classes must be a positive integer, got {classes!r}")
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels))):
+        raise ValueError(f"one_hot: labels must be integers, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"one_hot: labels must lie in [0, {classes}), got values from {labels.min()} to "
+                         f"{labels.max()}")
+    labels = labels.astype(np.intp)
     out = np.zeros((labels.size, classes), dtype=dtype)
     out[np.arange(labels.size), labels.reshape(-1)] = 1
     return out

@@ -68,3 +68,56 @@ def test_info_hints_at_openblas_avx2_kernels_on_an_avx512_cpu():
     assert "OPENBLAS_CORETYPE=Haswell is set" in blas_hints([pool], {"avx512f"}, "Haswell")[0]
     assert blas_hints([pool], {"avx2"}) == []  # an AVX2-only CPU: Haswell kernels are right
     assert blas_hints([{**pool, "architecture": "SkylakeX"}], {"avx512f"}) == []
+
+
+# --- every bad argument: one line on stderr, exit 2, no traceback, nothing written ------------------
+
+def _fails_cleanly(capsys, argv, message, tmp_path=None):
+    before = sorted(p.name for p in tmp_path.iterdir()) if tmp_path is not None else None
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("fastnn: error: ") and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and message in err, err
+    assert "epoch 1/" not in captured.out  # refused before training
+    if tmp_path is not None:
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    return err
+
+
+def test_train_refuses_bad_paths_before_training(capsys, tmp_path):
+    missing = tmp_path / "missing-dir"
+    base = ["train", "xor", "--backend", "numpy", "--epochs", "2"]
+    _fails_cleanly(capsys, [*base, "--save", str(missing / "x.npz")], "does not exist", tmp_path)
+    _fails_cleanly(capsys, [*base, "--save", str(tmp_path)], "is a directory", tmp_path)
+    _fails_cleanly(capsys, [*base, "--save", "."], "is a directory", tmp_path)
+    _fails_cleanly(capsys, [*base, "--checkpoint", str(missing / "c.npz")], "does not exist", tmp_path)
+    _fails_cleanly(capsys, [*base, "--resume", str(tmp_path / "missing.npz")], "no such file", tmp_path)
+
+
+def test_train_refuses_bad_numbers(capsys, tmp_path):
+    base = ["train", "xor", "--backend", "numpy"]
+    _fails_cleanly(capsys, [*base, "--batch-size", "0"], "--batch-size must be a positive integer, got 0")
+    _fails_cleanly(capsys, [*base, "--epochs", "0"], "--epochs must be a positive integer, got 0")
+    _fails_cleanly(capsys, [*base, "--epochs", "-3"], "--epochs must be a positive integer")
+
+
+def test_resume_from_garbage_or_with_too_few_epochs(capsys, tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x00garbage" * 64)
+    err = _fails_cleanly(capsys, ["train", "xor", "--backend", "numpy", "--resume", str(garbage)], "not an .npz")
+    assert "allow_pickle" not in err
+    run = tmp_path / "run.npz"
+    assert main(["train", "xor", "--backend", "numpy", "--epochs", "3", "--checkpoint", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "xor", "--backend", "numpy", "--epochs", "2", "--resume", str(run)]) == 2
+    assert "has trained 3 epochs already" in capsys.readouterr().err
+
+
+def test_train_honours_fastnn_backend_like_the_library(capsys, monkeypatch):
+    monkeypatch.setenv("FASTNN_BACKEND", "numpy")
+    assert main(["train", "xor", "--epochs", "1"]) == 0
+    assert "on backend 'numpy'" in capsys.readouterr().out
+    monkeypatch.setenv("FASTNN_BACKEND", "bogus")
+    _fails_cleanly(capsys, ["train", "xor", "--epochs", "1"], "FASTNN_BACKEND='bogus' is not a backend")
+    assert main(["train", "xor", "--epochs", "1", "--backend", "numpy"]) == 0  # the option wins
