@@ -71,6 +71,16 @@ class Layer:
         workspace (safe to call from many threads at once)."""
         raise NotImplementedError
 
+    def __getstate__(self) -> dict[str, Any]:
+        # per-thread workspaces are neither copied nor pickled: a copy starts with its own
+        state = self.__dict__.copy()
+        del state["_per_thread"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._per_thread = threading.local()
+
     def _inference_workspace(self) -> Workspace:
         workspace = getattr(self._per_thread, "workspace", None)
         if workspace is None:

@@ -41,6 +41,15 @@ class Network:
         for layer in layers or ():
             self.add(layer)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_training"]  # a copy (copy.deepcopy, pickle) is not in training
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._training = threading.Lock()
+
     # --- structure -----------------------------------------------------------------------------
 
     def add(self, layer: Layer) -> Network:

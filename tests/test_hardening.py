@@ -210,10 +210,11 @@ def test_overlapping_numba_fits_restore_blas_threads():
 def test_a_batch_size_beyond_the_data_trains_one_batch(backend):
     """The numba whole-step trainer sized its buffers by batch_size (10**8 asked for 229 GiB)."""
     rng = np.random.default_rng(7)
-    X, y = rng.standard_normal((100, 4)).astype(np.float32), rng.integers(0, 3, 100)
+    X, y = rng.standard_normal((100, 64)).astype(np.float32), rng.integers(0, 10, 100)
     results = []
     for batch_size in (10**8, 100):
-        net = small_net(backend, dtype=np.float32)
+        net = fastnn.Network([fastnn.Linear(64, 128, "relu", seed=0, backend=backend),
+                              fastnn.Linear(128, 10, seed=1, backend=backend)])
         history = net.fit(X, y, "cross_entropy", fastnn.SGD(lr=0.1), epochs=3, batch_size=batch_size,
                           progress=False, seed=0)
         results.append((history["loss"], backend.to_numpy(net.flat_parameters()[0]).copy()))
@@ -405,3 +406,22 @@ def test_without_a_tbb_of_its_own_numba_prefers_other_layers_to_the_systems(monk
     assert config.THREADING_LAYER_PRIORITY[:2] == ["omp", "workqueue"]
     assert "no TBB of its own" in status.note
     monkeypatch.setattr(threading_layer, "_status", None)
+
+
+def test_networks_still_copy_and_pickle(backend):
+    """The per-thread workspaces and the training lock are not state: deepcopy and pickle, which
+    worked before they were added, still do (and the copy trains and predicts on its own)."""
+    import copy
+    import pickle
+
+    X, y = np.random.default_rng(10).standard_normal((8, 4)), np.arange(8) % 3
+    net = small_net(backend)
+    net.predict(X)
+    clones = [copy.deepcopy(net)]
+    if fastnn.available_backends().get(backend.name) is None:  # not the stand-in: a real backend
+        clones.append(pickle.loads(pickle.dumps(net)))
+    for clone in clones:
+        assert clone.backend is backend  # one backend instance: the copy combines with new layers
+        np.testing.assert_array_equal(backend.to_numpy(clone.predict(X)), backend.to_numpy(net.predict(X)))
+        clone.fit(X, y, "cross_entropy", epochs=1, progress=False)
+        clone.add(fastnn.Softmax(dtype=np.float64, backend=backend))

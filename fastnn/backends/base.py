@@ -103,6 +103,16 @@ class Backend:
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"
 
+    # A backend is one per process: copies of a network share it, and a pickled network finds
+    # the unpickling process's own (layers on different instances refuse to combine).
+    def __deepcopy__(self, memo: dict[int, Any]) -> Backend:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        from . import backend_for
+
+        return backend_for, (self.name,)
+
     def dense_trainer(self, plan: Any, params: Any, batch_size: int) -> Any:
         """An object that trains a whole stack of dense layers a chunk of batches per call, or
         None (the default) for the per-layer path. ``plan`` is a ``fastnn.dense_plan.DensePlan``
