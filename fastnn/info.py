@@ -31,10 +31,39 @@ def blas_info() -> list[dict[str, Any]]:
 _AVX2_ONLY_KERNELS = {"haswell", "zen", "sandybridge"}
 
 
-def _cpu_flags() -> set[str]:
-    from .bench.machine import _cpuinfo
+def cpuinfo() -> dict[str, str]:
+    """The first processor's entries of ``/proc/cpuinfo`` (empty where there is none)."""
+    facts: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if ":" in line:
+                    key, value = (part.strip() for part in line.split(":", 1))
+                    facts.setdefault(key, value)
+    except OSError:
+        pass
+    return facts
 
-    return set(_cpuinfo().get("flags", "").split())
+
+def cpu_model(facts: dict[str, str] | None = None) -> str:
+    """The CPU's model name, as every speed figure should name it."""
+    facts = cpuinfo() if facts is None else facts
+    model = facts.get("model name", platform.processor() or platform.machine())
+    family = facts.get("cpu family")
+    return f"{model} (family {family}, model {facts.get('model', '?')})" if family else model
+
+
+_SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")
+
+
+def simd_flags(facts: dict[str, str] | None = None) -> list[str]:
+    """The vector-instruction flags that matter for the kernels, in a fixed order."""
+    flags = set((cpuinfo() if facts is None else facts).get("flags", "").split())
+    return [flag for flag in _SIMD if flag in flags]
+
+
+def _cpu_flags() -> set[str]:
+    return set(cpuinfo().get("flags", "").split())
 
 
 def blas_hints(pools: list[dict[str, Any]], flags: set[str], coretype: str | None = None) -> list[str]:
@@ -67,6 +96,8 @@ def collect() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "simd": simd_flags(),
         "backends": backends,
         "auto": resolve_auto(),
         "current_env": os.environ.get("FASTNN_BACKEND"),
@@ -93,7 +124,8 @@ def _numba_threading() -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     lines = [f"fastnn {report['versions']['fastnn']}  Python {report['python']}  {report['platform']}",
-             f"CPU cores: {report['cpu_count']}", "", "backends:"]
+             f"CPU: {report['cpu']}, {report['cpu_count']} cores, SIMD {' '.join(report['simd']) or 'none listed'}",
+             "", "backends:"]
     for name, why in report["backends"].items():
         if why is None:
             lines.append(f"  {name:6s} available")
@@ -116,7 +148,8 @@ def render(report: dict[str, Any]) -> str:
     if threading is not None:
         lines += ["", f"numba threads: {threading['threads']}; TBB: {threading['note']}"]
         if threading["foreign"]:
-            lines.append(f"  warning: a TBB other than the environment's is loaded ({', '.join(threading['foreign'])}): "
+            foreign = ", ".join(threading["foreign"])
+            lines.append(f"  warning: a TBB other than the environment's is loaded ({foreign}): "
                          "the numba backend may slow down over a long fit and hang at exit")
     lines += ["", f"GPU devices: {report['devices']}"]
     return "\n".join(lines)

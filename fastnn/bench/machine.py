@@ -1,43 +1,31 @@
-"""What machine a benchmark ran on, and its theoretical peak."""
+"""What machine a benchmark ran on (the facts come from ``fastnn.info``), and its peak."""
 
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any
 
-
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if ":" in line:
-                    key, value = (part.strip() for part in line.split(":", 1))
-                    info.setdefault(key, value)
-    except OSError:
-        pass
-    return info
+from ..info import blas_info, collect, cpu_model, cpuinfo, simd_flags
 
 
-def _max_mhz(cpuinfo: dict[str, str]) -> float | None:
+def _max_mhz(facts: dict[str, str]) -> float | None:
     try:
         with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", encoding="utf-8") as handle:
             return int(handle.read()) / 1000.0
     except (OSError, ValueError):
         pass
     try:
-        return float(cpuinfo["cpu MHz"])
+        return float(facts["cpu MHz"])
     except (KeyError, ValueError):
         return None
 
 
-def peak(cpuinfo: dict[str, str] | None = None) -> dict[str, Any]:
+def peak(facts: dict[str, str] | None = None) -> dict[str, Any]:
     """Theoretical peak GFLOP/s = cores x SIMD lanes x FMA units x 2 flops x clock, with the
     assumptions behind each factor spelled out."""
-    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
-    flags = set(cpuinfo.get("flags", "").split())
-    vendor = cpuinfo.get("vendor_id", "")
+    facts = cpuinfo() if facts is None else facts
+    flags = set(facts.get("flags", "").split())
+    vendor = facts.get("vendor_id", "")
     cores = os.cpu_count() or 1
     if "avx512f" in flags and vendor == "GenuineIntel":
         bits, why = 512, "AVX-512 on Intel: 512-bit FMA datapaths"
@@ -49,7 +37,7 @@ def peak(cpuinfo: dict[str, str] | None = None) -> dict[str, Any]:
     else:
         bits, why = 128, "SSE"
     fma_units = 2 if "fma" in flags else 1
-    mhz = _max_mhz(cpuinfo)
+    mhz = _max_mhz(facts)
     result = {"cores": cores, "vector_bits": bits, "fma_units": fma_units, "clock_ghz": mhz / 1000 if mhz else None,
               "assumptions": f"{cores} cores x {bits}-bit vectors ({why}) x {fma_units} FMA units x 2 flops per "
                              f"FMA x {mhz / 1000 if mhz else '?'} GHz (nominal clock, no turbo)"}
@@ -61,25 +49,17 @@ def peak(cpuinfo: dict[str, str] | None = None) -> dict[str, Any]:
 
 def describe() -> dict[str, Any]:
     """CPU model, cores, SIMD flags, BLAS and threads, library versions, GPU."""
-    import numpy as np
-
-    from ..backends import available_backends
-    from ..info import blas_info, collect
-
-    cpuinfo = _cpuinfo()
-    simd = sorted(flag for flag in cpuinfo.get("flags", "").split()
-                  if flag in {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile"})
-    np.zeros(1)
+    facts = cpuinfo()
     report = collect()
     return {
-        "cpu": cpuinfo.get("model name", platform.processor() or platform.machine()),
+        "cpu": cpu_model(facts),
         "cores": os.cpu_count(),
-        "simd": simd,
-        "peak": peak(cpuinfo),
+        "simd": simd_flags(facts),
+        "peak": peak(facts),
         "blas": blas_info(),
         "versions": report["versions"],
         "python": report["python"],
         "platform": report["platform"],
-        "backends": available_backends(),
-        "gpu": "none usable" if available_backends()["cupy"] else "CUDA via CuPy",
+        "backends": report["backends"],
+        "gpu": report["devices"],
     }
