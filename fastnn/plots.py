@@ -109,7 +109,7 @@ def confusion_matrix(network: Any, X: Any, y: Any, path: str | os.PathLike, titl
     for i in range(classes):
         for j in range(classes):
             if counts[i, j]:
-                axis.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                axis.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
                           color="white" if counts[i, j] > counts.max() / 2 else "black")
     axis.set_xticks(range(classes))
     axis.set_yticks(range(classes))
@@ -117,6 +117,6 @@ def confusion_matrix(network: Any, X: Any, y: Any, path: str | os.PathLike, titl
     axis.set_ylabel("true")
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     axis.set_title(f"{title} (accuracy {accuracy:.3f})")
-    fig.colorbar(image, ax=axis)
+    fig.colorbar(image, ax=axis, label="test samples")
     fig.tight_layout()
     return _save(fig, path)

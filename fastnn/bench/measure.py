@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -86,3 +87,66 @@ def measurement(section: str, workload: str, contender: str, unit: str, work: fl
     scale = {"GFLOP/s": 1e-9, "GB/s": 1e-9, "samples/s": 1.0}[unit]
     return Measurement(section, workload, contender, unit, work / median * scale, work / max(rounds) * scale,
                        work / min(rounds) * scale, median, len(rounds), extra)
+
+
+# Another process using this much CPU (in cores, averaged over a row's timing) marks the row as
+# measured on a busy machine: its figure says more about the neighbour than about the contender.
+# (Half a core: tick-based accounting puts up to ~0.3 cores of a quiet run's own threads outside it.)
+BUSY_CORES = 0.5
+# Repeats this far apart (slowest / fastest) mark a row as noisy.
+NOISY_SPREAD = 1.5
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all CPUs have spent busy since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many cores other processes kept busy around the measurements: the machine's busy CPU
+    time (``/proc/stat``) minus this process's own (all its threads), over the wall time. The
+    kernel counts in ticks (10 ms), so each reading spans at least ``window`` seconds, reaching
+    back over earlier rows when a row is shorter than that."""
+
+    def __init__(self, window: float = 0.5) -> None:
+        self.window = window
+        self.samples: list[tuple[float, float, float]] = []  # (wall, busy, own), oldest first
+        self.mark()
+
+    def mark(self) -> None:
+        """Take a sample (at the start of each row)."""
+        busy = _busy_cpu_seconds()
+        if busy is not None:
+            self.samples.append((time.perf_counter(), busy, time.process_time()))
+            del self.samples[:-64]
+
+    def cores(self) -> float | None:
+        """Other processes' load, in cores, over the last ``window`` seconds or more."""
+        busy = _busy_cpu_seconds()
+        if busy is None or not self.samples:
+            return None
+        now, own = time.perf_counter(), time.process_time()
+        older = [s for s in self.samples if now - s[0] >= self.window]
+        wall0, busy0, own0 = older[-1] if older else self.samples[0]
+        wall = now - wall0
+        if wall < self.window / 2:  # too short to tell from the tick counts
+            return None
+        return min(os.cpu_count() or 1, max(0.0, (busy - busy0) - (own - own0)) / wall)
+
+
+def flags(row: dict[str, Any]) -> list[str]:
+    """Warnings a row carries: measured while other processes were busy, or with repeats far
+    apart (either way its figure is not the contender's steady speed)."""
+    found = []
+    other = row["extra"].get("other_cores")
+    if other is not None and other >= BUSY_CORES:
+        found.append(f"BUSY: other processes used {other:.1f} cores")
+    if row["low"] > 0 and row["high"] / row["low"] >= NOISY_SPREAD:
+        found.append(f"NOISY: repeats {row['high'] / row['low']:.1f}x apart")
+    return found

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..progress import bar_factory
 from .machine import describe
-from .measure import Measurement
+from .measure import Measurement, OtherLoad, flags
 from .sections import SECTIONS
 
 # what each speed-up column divides by, per section
@@ -20,25 +20,68 @@ BASELINES = {
 }
 
 
-def _progress_factory(enabled: bool):
-    if enabled and sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
+class Recorder:
+    """Collects the measurements of a run as the sections make them: each job is bracketed by an
+    ``OtherLoad`` probe (so a row measured beside a busy process says so), and each row is handed
+    to ``on_row`` as soon as it exists."""
 
-            return lambda items, label: tqdm(list(items), desc=label, unit="job", leave=False)
-        except ImportError:
-            pass
-    return lambda items, label: items
+    def __init__(self, on_row: Callable[[Measurement], None] | None = None, progress: bool = False) -> None:
+        self.results: list[Measurement] = []
+        self.on_row = on_row
+        self.progress = progress and on_row is None
+        self._load = OtherLoad()
+
+    def jobs(self, items: Iterable[Any], label: str) -> Iterator[Any]:
+        items = list(items)
+        bar = bar_factory(self.progress)
+        if bar is not None:
+            items = bar(items, desc=label, unit="job", leave=False)
+        for item in items:
+            self._load.mark()
+            yield item
+
+    def add(self, row: Measurement) -> None:
+        row.extra["other_cores"] = self._load.cores()
+        self.results.append(row)
+        if self.on_row is not None:
+            self.on_row(row)
+
+
+# Seconds each section takes, fixed (baselines, PyTorch) and per fastnn backend, on this project's
+# 2-core machines (`fastnn bench` ~35 s and `--quick` ~22 s for numpy + numba, PyTorch installed).
+SECONDS_PER_BACKEND = {("matrix", True): 2, ("elementwise", True): 1, ("training", True): 4,
+                       ("matrix", False): 4, ("elementwise", False): 2, ("training", False): 5}
+SECONDS_FIXED = {("matrix", True): 2, ("elementwise", True): 1, ("training", True): 5,
+                 ("matrix", False): 4, ("elementwise", False): 2, ("training", False): 7}
+
+
+def estimate_seconds(backends: list[str], sections: Iterable[str], quick: bool) -> float:
+    """A rough duration of a run (baselines and peers included), to say up front."""
+    return sum(SECONDS_FIXED[section, quick] + SECONDS_PER_BACKEND[section, quick] * len(backends)
+               for section in sections)
 
 
 def run(backends: list[str], quick: bool = False, repeats: int = 5, sections: Iterable[str] = tuple(SECTIONS),
-        progress: bool = True) -> dict[str, Any]:
-    progress_bar = _progress_factory(progress)
-    results: list[Measurement] = []
+        progress: bool = True, on_row: Callable[[Measurement], None] | None = None) -> dict[str, Any]:
+    """Every job of ``sections`` for ``backends`` and their baselines; ``on_row`` sees each
+    measurement as it is made (else a tqdm bar shows progress on a terminal)."""
+    recorder = Recorder(on_row, progress)
     for section in sections:
-        results += SECTIONS[section](backends, quick, repeats, progress_bar)
+        SECTIONS[section](backends, quick, repeats, recorder)
     return {"machine": describe(), "quick": quick, "repeats": repeats, "backends": backends,
-            "results": [m.as_dict() for m in results]}
+            "results": [m.as_dict() for m in recorder.results]}
+
+
+ROW_HEADER = f"{'section':11s} {'workload':36s} {'contender':17s} {'median':>12s} {'unit':9s} {'(min - max)':>21s}"
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One measurement as a line: the figure, its spread and any warning."""
+    value = f"{row['value']:,.2f}" if row["value"] < 1000 else f"{row['value']:,.0f}"
+    spread = f"({row['low']:,.3g} - {row['high']:,.3g})"
+    warnings = flags(row)
+    return (f"{row['section']:11s} {row['workload'][:36]:36s} {row['contender']:17s} {value:>12s} "
+            f"{row['unit']:9s} {spread:>21s}" + (f"  {'; '.join(warnings)}" if warnings else ""))
 
 
 def _baseline_value(rows: list[dict], section: str, workload: str, names: tuple[str, ...]) -> float | None:
@@ -63,8 +106,7 @@ def table(report: dict[str, Any]) -> str:
              f"= {peak['assumptions']}; a core running above its nominal clock shows as more than 100 %",
              "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v),
              f"GPU: {machine['gpu']}", ""]
-    header = f"{'section':11s} {'workload':36s} {'contender':17s} {'median':>12s} {'unit':9s} {'(min - max)':>21s}" \
-             f" {'x naive':>9s} {'x numpy':>8s} {'x torch':>8s}  notes"
+    header = f"{ROW_HEADER} {'x naive':>9s} {'x numpy':>8s} {'x torch':>8s}  notes"
     lines += [header, "-" * len(header)]
     for row in rows:
         columns = []
@@ -80,10 +122,13 @@ def table(report: dict[str, Any]) -> str:
             notes.append(f"device time; launch overhead {row['extra']['launch_overhead_us']:.1f} us/call")
         if row["extra"].get("warmup_s", 0) > 0.2:
             notes.append(f"first call {row['extra']['warmup_s']:.1f} s (JIT)")
-        value = f"{row['value']:,.2f}" if row["value"] < 1000 else f"{row['value']:,.0f}"
-        spread = f"({row['low']:,.3g} - {row['high']:,.3g})"
-        lines.append(f"{row['section']:11s} {row['workload'][:36]:36s} {row['contender']:17s} {value:>12s} "
-                     f"{row['unit']:9s} {spread:>21s} {' '.join(columns)}  {', '.join(notes)}")
+        notes += flags(row)
+        line = row_line({**row, "extra": {}})  # the warnings go with the notes, after the ratios
+        lines.append(f"{line} {' '.join(columns)}  {', '.join(notes)}")
+    flagged = sum(1 for row in rows if flags(row))
+    if flagged:
+        lines += ["", f"{flagged} row(s) marked BUSY or NOISY were measured while the machine was not quiet: "
+                      "rerun them before reading anything into their figures"]
     return "\n".join(lines)
 
 
@@ -99,8 +144,14 @@ def chart(report: dict[str, Any], path: str) -> str:
     from ..plots import _pyplot, _save
 
     plt = _pyplot()
+    with plt.rc_context({"font.size": 11}):  # readable at the width the README shows it
+        fig = _draw(plt, report)
+    return _save(fig, path)
+
+
+def _draw(plt: Any, report: dict[str, Any]) -> Any:
     rows = report["results"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6.5))
     axis = axes[0]
     for contender in sorted({r["contender"] for r in rows if r["section"] == "matrix" and "n" in r["extra"]}):
         for dtype, style in (("float32", "-"), ("float64", "--")):
@@ -117,7 +168,8 @@ def chart(report: dict[str, Any], path: str) -> str:
     axis.set_ylabel("GFLOP/s")
     axis.set_title("matrix core")
     if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=7)
+        # below the axes, so that no legend ever covers a line or a bar
+        axis.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     for axis, section, unit in ((axes[1], "elementwise", "GB/s"), (axes[2], "training", "samples/s")):
         picked = [r for r in rows if r["section"] == section]
         workloads = list(dict.fromkeys(r["workload"] for r in picked))
@@ -129,13 +181,14 @@ def chart(report: dict[str, Any], path: str) -> str:
             axis.bar([k + i * width for k in range(len(workloads))], values, width, label=contender)
         axis.set_xticks([k + 0.4 - width / 2 for k in range(len(workloads))])
         axis.set_xticklabels([w.replace(" after the GEMM", "\nafter GEMM").replace(" loss + grad", "\nloss+grad")
-                              for w in workloads], fontsize=7)
+                              .replace("synthetic ", "synthetic\n").replace("digits ", "digits\n")
+                              for w in workloads], fontsize=9)
         axis.set_ylabel(unit)
         if section == "training":
             axis.set_yscale("log")
         axis.set_title(section)
         if contenders:
-            axis.legend(fontsize=7)
+            axis.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     fig.suptitle(f"fastnn bench on {report['machine']['cpu']} ({report['machine']['cores']} cores)")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

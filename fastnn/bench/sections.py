@@ -1,4 +1,4 @@
-"""The three sections of the report, each a list of ``Measurement``s.
+"""The three sections of the report, each handing its ``Measurement``s to a recorder as made.
 
 Every workload is timed for each requested fastnn backend and for its baselines: naive loops,
 the unfused NumPy expression, a plain memory copy (the bandwidth ceiling) and PyTorch eager
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,7 +18,13 @@ from ..backends import backend_for
 from . import baselines
 from .measure import Measurement, device_time_call, measurement, time_call
 
-Progress = Callable[[Iterable[Any], str], Iterable[Any]]
+
+class Recorder(Protocol):
+    """Where a section's jobs come from and its measurements go (``report.Recorder``)."""
+
+    def jobs(self, items: Iterable[Any], label: str) -> Iterable[Any]: ...
+
+    def add(self, row: Measurement) -> None: ...
 
 
 def _timed(fn: Callable[[], Any], repeats: int, backend: Any = None) -> tuple[float, list[float], dict]:
@@ -56,11 +62,10 @@ def _batched_name(shape_a: tuple[int, ...], shape_b: tuple[int, ...] | None) -> 
     return f"batched (N,{shape_a[1]},{shape_a[2]}) @ {right}"
 
 
-def matrix(backends: list[str], quick: bool, repeats: int, progress: Progress) -> list[Measurement]:
+def matrix(backends: list[str], quick: bool, repeats: int, record: Recorder) -> None:
     rng = np.random.default_rng(0)
     sizes = (64, 128, 256) if quick else (64, 128, 256, 512, 1024, 2048)
     batched = [((2000 if quick else 100000, 2, 3), (3, 4)), ((500 if quick else 20000, 8, 16), None)]
-    results: list[Measurement] = []
     jobs: list[tuple[str, Callable[[], Any], float, dict]] = []
     for n in sizes:
         for dtype in (np.float32, np.float64):
@@ -101,17 +106,16 @@ def matrix(backends: list[str], quick: bool, repeats: int, progress: Progress) -
             workload = _batched_name(shape_a, shape_b)
             flops = 2.0 * shape_a[0] * shape_a[1] * shape_a[2] * tb.shape[-1]
             jobs.append((workload, lambda ta=ta, tb=tb: torch.matmul(ta, tb), flops, {"contender": "torch"}))
-    for workload, fn, flops, info in progress(jobs, "matrix core"):
+    for workload, fn, flops, info in record.jobs(jobs, "matrix core"):
         contender, backend = info.pop("contender"), info.pop("backend", None)
         warm, rounds, timing = _timed(fn, repeats, backend)
-        results.append(measurement("matrix", workload, contender, "GFLOP/s", flops, rounds, warmup_s=warm,
-                                   **info, **timing))
-    return results
+        record.add(measurement("matrix", workload, contender, "GFLOP/s", flops, rounds, warmup_s=warm,
+                               **info, **timing))
 
 
 # --- elementwise --------------------------------------------------------------------------------------
 
-def elementwise(backends: list[str], quick: bool, repeats: int, progress: Progress) -> list[Measurement]:
+def elementwise(backends: list[str], quick: bool, repeats: int, record: Recorder) -> None:
     rng = np.random.default_rng(1)
     rows, cols = (256, 256) if quick else (4096, 1024)
     z = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -168,13 +172,11 @@ def elementwise(backends: list[str], quick: bool, repeats: int, progress: Progre
             return loss
 
         jobs.append(("softmax cross-entropy loss + grad", torch_ce, loss_bytes, "torch"))
-    results = []
-    for workload, fn, nbytes, contender in progress(jobs, "elementwise"):
+    for workload, fn, nbytes, contender in record.jobs(jobs, "elementwise"):
         backend = None if isinstance(contender, str) and contender not in fastnn_names() else backend_for(contender)
         warm, rounds, timing = _timed(fn, repeats, backend)
-        results.append(measurement("elementwise", workload, _label(contender), "GB/s", nbytes, rounds, warmup_s=warm,
-                                   shape=list(z.shape if "cross" not in workload else logits.shape), **timing))
-    return results
+        record.add(measurement("elementwise", workload, _label(contender), "GB/s", nbytes, rounds, warmup_s=warm,
+                               shape=list(z.shape if "cross" not in workload else logits.shape), **timing))
 
 
 # --- training -----------------------------------------------------------------------------------------
@@ -270,8 +272,7 @@ def _torch_run(sizes, X, X_test, y, y_test, epochs):
     return seconds, accuracy
 
 
-def training(backends: list[str], quick: bool, repeats: int, progress: Progress) -> list[Measurement]:
-    results = []
+def training(backends: list[str], quick: bool, repeats: int, record: Recorder) -> None:
     jobs = []
     data = _datasets(quick)
     for workload, (sizes, X, X_test, y, y_test, epochs) in data.items():
@@ -283,14 +284,13 @@ def training(backends: list[str], quick: bool, repeats: int, progress: Progress)
                      lambda a=(sizes, X, X_test, y, y_test, epochs), budget=budget: _lecture_run(*a, budget) + (None,)))
         if _torch() is not None:
             jobs.append((workload, "torch", lambda a=(sizes, X, X_test, y, y_test, epochs): _torch_run(*a) + (None,)))
-    for workload, contender, run in progress(jobs, "training"):
+    for workload, contender, run in record.jobs(jobs, "training"):
         seconds, accuracy, warm = run()
         n = len(data[workload][1])
         steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch pays for first touches
-        results.append(measurement("training", workload, contender, "samples/s", float(n), steady,
-                                   accuracy=accuracy, epochs=data[workload][5], recipe=RECIPE,
-                                   **({"warmup_s": warm} if warm is not None else {})))
-    return results
+        record.add(measurement("training", workload, contender, "samples/s", float(n), steady,
+                               accuracy=accuracy, epochs=data[workload][5], recipe=RECIPE,
+                               **({"warmup_s": warm} if warm is not None else {})))
 
 
 SECTIONS = {"matrix": matrix, "elementwise": elementwise, "training": training}
