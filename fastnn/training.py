@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import optimizers as _optimizers
 from .dense_plan import dense_plan
+from .progress import bar_factory as bar_factory_for
 from .workspace import Workspace
 
 
@@ -85,17 +85,6 @@ def prepare(network: Any, X: Any, y: Any, loss: _losses.Loss, what: str = "X") -
     _check_finite(network, X, what)
     target = loss.check_target(network.backend, network.output_shape(X.shape), network.dtype, y)
     return X, target
-
-
-def _progress_bar_factory(progress: bool):
-    """tqdm, when asked for, installed and writing to a terminal; otherwise None (quiet logs)."""
-    if not progress or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm
 
 
 class NonFiniteError(FloatingPointError):
@@ -222,126 +211,165 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
          seed: int | None, validation_data: tuple[Any, Any] | None, progress: bool, metrics: bool | None,
          checkpoint: str | None, checkpoint_every: int, resume: str | None,
          on_epoch: Callable[[int, dict[str, float]], None] | None) -> History:
-    loss = _losses.get(loss)
-    optimizer = _optimizers.get(optimizer)
-    batch_size = check_batch_size(batch_size)
+    """The epoch loop: records, callbacks, checkpoints and Ctrl-C; ``_Run`` does the rest."""
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    X, target = prepare(network, X, y, loss)
-    if X.shape[0] == 0:
-        raise ValueError(f"fit needs at least one sample; X has shape {X.shape}")
-    loss.check_network(network)
-    batch_size = min(batch_size, X.shape[0])  # buffers are sized by the batch: never past the data
-    validation = None
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = prepare(network, *validation_data, loss, what="X_val")
-    network.loss = loss
-    network.flat_parameters()
-
-    backend, xp = network.backend, network.backend.xp
-    n = X.shape[0]
-    n_batches = -(-n // batch_size)
-    classifier = _is_classifier(loss, network, X, target)
-    if metrics and not classifier:
-        raise ValueError(f"metrics=True asks for accuracy, which {loss!r} on outputs of shape "
-                         f"{network.output_shape(X.shape)} does not define (it needs at least two classes, or "
-                         "binary targets with BCE/BCEWithLogits); pass metrics=False or None")
-    track_accuracy = classifier if metrics is None else bool(metrics)
-    rng = np.random.default_rng(seed)
-    history = History()
-    first_epoch = 1
-    if resume is not None:
-        state = _checkpoint.load_training(resume, network, optimizer)
-        rng.bit_generator.state = state["rng"]
-        history.epochs = [dict(record) for record in state["history"]]
-        first_epoch = int(state["epoch"]) + 1
-        if epochs < first_epoch - 1:
-            raise ValueError(f"resume: {resume!r} has trained {first_epoch - 1} epochs already; epochs is the "
-                             f"total to reach, so pass epochs > {first_epoch - 1} to train more (got {epochs})")
-    buffers = Workspace()
-    batch_losses = backend.empty(n_batches, np.float64)
-    batch_correct = backend.empty(n_batches, np.float64)
-    sizes = backend.asarray(np.diff(np.minimum(np.arange(n_batches + 1) * batch_size, n)), np.float64)
-    guard = _Guard(network)
-    bar_factory = _progress_bar_factory(progress)
-    trainer = None if guard.deferred else _dense_trainer(network, loss, X, target, batch_size, optimizer)
-    if trainer is not None:
-        X, target = trainer.inputs(X, target)
-
-    def new_batch_buffers(size: int) -> tuple[Any, Any, Any]:
-        """Gathered inputs, gathered targets and the loss gradient for one batch size."""
-        return (backend.empty((size, *X.shape[1:]), X.dtype),
-                backend.empty((size, *target.shape[1:]), target.dtype),
-                backend.empty(network.output_shape((size, *X.shape[1:])), network.dtype))
-
-    with _stop_on_interrupt() as interrupt, trainer if trainer is not None else contextlib.nullcontext():
+    run = _Run(network, X, y, _losses.get(loss), _optimizers.get(optimizer), batch_size, metrics, validation_data,
+               np.random.default_rng(seed), shuffle)
+    history, first_epoch = run.start(resume, int(epochs))
+    bar_factory = bar_factory_for(progress)
+    with _stop_on_interrupt() as interrupt, run.trainer if run.trainer is not None else contextlib.nullcontext():
         for epoch in range(first_epoch, int(epochs) + 1):
-            started = time.perf_counter()
-            order = backend.asarray(rng.permutation(n)) if shuffle else None
-            bar = bar_factory(total=n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
+            bar = bar_factory(total=run.n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
                 if bar_factory else None
-            seen = 0
-            if trainer is not None:
-                batch, seen = _fused_epoch(trainer, network, X, target, order, epoch, n_batches, batch_size,
-                                           optimizer, guard, batch_losses, batch_correct, bar, interrupt)
-            else:
-                for batch, start in enumerate(range(0, n, batch_size)):
-                    stop = min(start + batch_size, n)
-                    x_buf, y_buf, grad = buffers.slot(stop - start, new_batch_buffers)
-                    if order is None:
-                        xb, yb = X[start:stop], target[start:stop]
-                    else:
-                        xb = backend.take_rows(X, order[start:stop], x_buf)
-                        yb = backend.take_rows(target, order[start:stop], y_buf)
-                    out = network._forward(xb)
-                    value, grad = loss.compute(backend, out, yb, grad)
-                    if not guard.deferred and not math.isfinite(float(value)):
-                        raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
-                    network._backward(grad, need_input_grad=False)
-                    optimizer.step(network)
-                    if guard.deferred:
-                        guard.track(value, batch + 1)
-                    elif not guard.commit():
-                        raise guard.fail(epoch, batch + 1, guard.culprit())
-                    batch_losses[batch] = value
-                    if track_accuracy:
-                        batch_correct[batch] = loss.correct(xp, out, yb)
-                    seen += stop - start
-                    if bar is not None:
-                        bar.update(stop - start)
-                        if batch % 16 == 0:
-                            bar.set_postfix(loss=f"{float(value):.4f}",
-                                            rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
-                    if interrupt["stop"]:
-                        break
-            guard.settle(epoch)
-            seconds = time.perf_counter() - started
-            done = batch + 1
-            record = {"loss": float(xp.dot(batch_losses[:done], sizes[:done])) / seen}
-            if track_accuracy:
-                record["accuracy"] = float(batch_correct[:done].sum()) / seen
-            if validation is not None:
-                record.update({f"val_{k}": v for k, v in evaluate(network, *validation, loss, prepared=True).items()})
-            record["seconds"] = seconds
-            record["samples_per_s"] = seen / seconds if seconds > 0 else math.inf
-            if bar is not None:
-                bar.close()
-            if interrupt["stop"] and seen < n:
-                history.interrupted = True  # the partial epoch is not recorded: resume redoes it
+            try:
+                record = run.epoch(epoch, bar, interrupt)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if record is None:  # stopped mid-epoch: the partial epoch is not recorded, resume redoes it
+                history.interrupted = True
                 break
             history.epochs.append(record)
             if on_epoch is not None:
                 on_epoch(epoch, record)
             if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-                _save_training(network, optimizer, checkpoint, epoch, rng, history)
+                _save_training(network, run.optimizer, checkpoint, epoch, run.rng, history)
             if interrupt["stop"]:
                 history.interrupted = True
                 break
     return history
+
+
+class _Run:
+    """One call of ``fit`` after its checks: the data, the buffers, the guard and, where the
+    backend has one, its whole-step trainer. ``epoch`` trains one epoch and returns its record."""
+
+    def __init__(self, network: Any, X: Any, y: Any, loss: _losses.Loss, optimizer: Any, batch_size: int,
+                 metrics: bool | None, validation_data: tuple[Any, Any] | None, rng: np.random.Generator,
+                 shuffle: bool) -> None:
+        batch_size = check_batch_size(batch_size)
+        X, target = prepare(network, X, y, loss)
+        if X.shape[0] == 0:
+            raise ValueError(f"fit needs at least one sample; X has shape {X.shape}")
+        loss.check_network(network)
+        self.validation = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            self.validation = prepare(network, *validation_data, loss, what="X_val")
+        classifier = _is_classifier(loss, network, X, target)
+        if metrics and not classifier:
+            raise ValueError(f"metrics=True asks for accuracy, which {loss!r} on outputs of shape "
+                             f"{network.output_shape(X.shape)} does not define (it needs at least two classes, "
+                             "or binary targets with BCE/BCEWithLogits); pass metrics=False or None")
+        self.track_accuracy = classifier if metrics is None else bool(metrics)
+        network.loss = loss
+        network.flat_parameters()
+        self.network, self.loss, self.optimizer, self.rng, self.shuffle = network, loss, optimizer, rng, shuffle
+        self.backend = backend = network.backend
+        self.n = n = X.shape[0]
+        self.batch_size = min(batch_size, n)  # buffers are sized by the batch: never past the data
+        self.n_batches = -(-n // self.batch_size)
+        self.batch_losses = backend.empty(self.n_batches, np.float64)
+        self.batch_correct = backend.empty(self.n_batches, np.float64)
+        bounds = np.minimum(np.arange(self.n_batches + 1) * self.batch_size, n)
+        self.sizes = backend.asarray(np.diff(bounds), np.float64)
+        self.guard = _Guard(network)
+        self.trainer = None if self.guard.deferred else _dense_trainer(network, loss, X, target, self.batch_size,
+                                                                        optimizer)
+        self.X, self.target = (X, target) if self.trainer is None else self.trainer.inputs(X, target)
+        self.buffers = Workspace()
+
+    def start(self, resume: str | None, epochs: int) -> tuple[History, int]:
+        """A fresh history from epoch 1, or the checkpoint's history, state and next epoch."""
+        history = History()
+        if resume is None:
+            return history, 1
+        state = _checkpoint.load_training(resume, self.network, self.optimizer)
+        self.rng.bit_generator.state = state["rng"]
+        history.epochs = [dict(record) for record in state["history"]]
+        trained = int(state["epoch"])
+        if epochs < trained:
+            raise ValueError(f"resume: {resume!r} has trained {trained} epochs already; epochs is the total to "
+                             f"reach, so pass epochs > {trained} to train more (got {epochs})")
+        return history, trained + 1
+
+    def epoch(self, epoch: int, bar: Any, interrupt: dict[str, bool]) -> dict[str, float] | None:
+        """Train one epoch; its record, or None if Ctrl-C stopped it before the end."""
+        started = time.perf_counter()
+        order = self.backend.asarray(self.rng.permutation(self.n)) if self.shuffle else None
+        if self.trainer is not None:
+            batch, seen = _fused_epoch(self.trainer, self.network, self.X, self.target, order, epoch,
+                                       self.n_batches, self.batch_size, self.optimizer, self.guard,
+                                       self.batch_losses, self.batch_correct, bar, interrupt)
+        else:
+            batch, seen = self._per_layer_epoch(order, epoch, bar, interrupt, started)
+        self.guard.settle(epoch)
+        seconds = time.perf_counter() - started
+        if interrupt["stop"] and seen < self.n:
+            return None
+        return self._record(batch + 1, seen, seconds)
+
+    def _per_layer_epoch(self, order: Any, epoch: int, bar: Any, interrupt: dict[str, bool],
+                         started: float) -> tuple[int, int]:
+        """Batch by batch through the layers; returns the last batch's index and samples seen."""
+        backend, n, seen = self.backend, self.n, 0
+        for batch, start in enumerate(range(0, n, self.batch_size)):
+            stop = min(start + self.batch_size, n)
+            x_buf, y_buf, grad = self.buffers.slot(stop - start, self._new_batch_buffers)
+            if order is None:
+                xb, yb = self.X[start:stop], self.target[start:stop]
+            else:
+                xb = backend.take_rows(self.X, order[start:stop], x_buf)
+                yb = backend.take_rows(self.target, order[start:stop], y_buf)
+            value = self._step(xb, yb, grad, epoch, batch)
+            seen += stop - start
+            if bar is not None:
+                bar.update(stop - start)
+                if batch % 16 == 0:
+                    bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
+            if interrupt["stop"]:
+                break
+        return batch, seen
+
+    def _step(self, xb: Any, yb: Any, grad: Any, epoch: int, batch: int) -> Any:
+        """Forward, loss, backward, update and the NaN guard for one batch; returns the loss."""
+        network, guard = self.network, self.guard
+        out = network._forward(xb)
+        value, grad = self.loss.compute(self.backend, out, yb, grad)
+        if not guard.deferred and not math.isfinite(float(value)):
+            raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
+        network._backward(grad, need_input_grad=False)
+        self.optimizer.step(network)
+        if guard.deferred:
+            guard.track(value, batch + 1)
+        elif not guard.commit():
+            raise guard.fail(epoch, batch + 1, guard.culprit())
+        self.batch_losses[batch] = value
+        if self.track_accuracy:
+            self.batch_correct[batch] = self.loss.correct(self.backend.xp, out, yb)
+        return value
+
+    def _new_batch_buffers(self, size: int) -> tuple[Any, Any, Any]:
+        """Gathered inputs, gathered targets and the loss gradient for one batch size."""
+        empty, X = self.backend.empty, self.X
+        return (empty((size, *X.shape[1:]), X.dtype), empty((size, *self.target.shape[1:]), self.target.dtype),
+                empty(self.network.output_shape((size, *X.shape[1:])), self.network.dtype))
+
+    def _record(self, done: int, seen: int, seconds: float) -> dict[str, float]:
+        """The epoch's mean loss (weighted by batch sizes), accuracy, validation and speed."""
+        record = {"loss": float(self.backend.xp.dot(self.batch_losses[:done], self.sizes[:done])) / seen}
+        if self.track_accuracy:
+            record["accuracy"] = float(self.batch_correct[:done].sum()) / seen
+        if self.validation is not None:
+            scores = evaluate(self.network, *self.validation, self.loss, prepared=True)
+            record.update({f"val_{key}": value for key, value in scores.items()})
+        record["seconds"] = seconds
+        record["samples_per_s"] = seen / seconds if seconds > 0 else math.inf
+        return record
 
 
 # Batches per fused call: long enough to amortise the call, short enough that Ctrl-C and the

@@ -232,3 +232,33 @@ def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch):
     assert len(history) == 1 and calls["n"] == 30  # stopped right after that batch
     assert np.isfinite(net.flat_parameters()[0]).all()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_progress_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch):
+    """A pseudo-terminal of 0 x 0 (script, some CI runners) made tqdm hide every bar: fastnn now
+    passes the size, falling back to 80 x 24."""
+    pytest.importorskip("tqdm")
+    import os
+    import shutil
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): os.terminal_size(fallback))
+    monkeypatch.setattr(os, "get_terminal_size", lambda *a: os.terminal_size((0, 0)))
+    X, y = fastnn.datasets.xor()
+    net = fastnn.Network([fastnn.Linear(2, 4, "tanh", seed=0), fastnn.Linear(4, 1, seed=1)])
+    net.fit(X, y, "bce_with_logits", epochs=1, batch_size=1, progress=True)
+    assert "epoch 1/1" in terminal.getvalue()
+
+
+def test_confusion_matrix_colour_bar_is_labelled(tmp_path, monkeypatch):
+    from fastnn import plots
+
+    X_train, X_test, y_train, y_test = fastnn.datasets.digits()
+    net = fastnn.Network([fastnn.Linear(64, 10, seed=0)])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or str(path))
+    plots.confusion_matrix(net, X_test, y_test, tmp_path / "cm.png")
+    colour_bar = figures[0].axes[-1]
+    assert colour_bar.get_ylabel() == "test samples"
+    plots._pyplot().close(figures[0])
