@@ -76,7 +76,8 @@ def _check_writable(option: str, path: str | None) -> None:
     if path is None:
         return
     if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is a directory; give a file name such as {os.path.join(path, 'run.npz')!r}")
+        example = os.path.join(path, "run.npz")
+        raise UsageError(f"{option} {path!r} is a directory; give a file name such as {example!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"{option} {path!r}: the directory {directory!r} does not exist")
@@ -89,6 +90,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
     _positive("--epochs", args.epochs)
     _positive("--batch-size", args.batch_size)
     _positive("--hidden", args.hidden)
+    _positive("--log-every", args.log_every)
     _check_writable("--save", args.save)
     _check_writable("--checkpoint", args.checkpoint)
     if args.plot is not None:
@@ -115,9 +117,14 @@ def train(args: argparse.Namespace) -> int:
         print(f"training {args.task} on backend {backend.name!r}: {net!r}")
         print(f"{len(X_train)} training samples, loss {task.loss}, {optimizer!r}, "
               f"batch {batch_size}, {epochs} epochs")
+        if args.plot:
+            print(f"will write {' and '.join(_plot_paths(args))}")
+        every = args.log_every or max(1, -(-epochs // 20))  # about 20 lines, and always the last epoch
         width = len(str(epochs))
 
         def report(epoch: int, record: dict) -> None:
+            if epoch % every and epoch != epochs:
+                return
             extras = "".join(f"  {key} {record[key]:.4f}" for key in ("accuracy", "val_loss", "val_accuracy")
                              if key in record)
             print(f"epoch {epoch:>{width}}/{epochs}  loss {record['loss']:.4f}{extras}  "
@@ -125,9 +132,12 @@ def train(args: argparse.Namespace) -> int:
 
         from .training import warm_up
 
+        if backend.compiles:
+            print(f"compiling the {backend.name} kernels this run needs (a later run loads them from the cache) ...",
+                  flush=True)
         warm = warm_up(net, X_train, y_train, task.loss, optimizer, batch_size)
-        if warm > 0.05:
-            print(f"warm-up (JIT compilation or cache load): {warm:.2f} s, not counted below")
+        if backend.compiles:
+            print(f"kernels ready in {warm:.1f} s (not counted below)")
         started = time.perf_counter()
         history = net.fit(X_train, y_train, task.loss, optimizer, epochs=epochs, batch_size=batch_size,
                           seed=args.seed, validation_data=None if args.task == "xor" else (X_test, y_test),
@@ -155,14 +165,19 @@ def _plots(args: argparse.Namespace, net: Network, history: Any, X_test: Any, y_
     """``PATH-history.png`` and, for xor, ``PATH-boundary.png``, for digits ``PATH-confusion.png``."""
     from . import plots
 
-    stem = args.plot[:-4] if args.plot.endswith(".png") else args.plot
-    written = [history.plot(f"{stem}-history.png", title=f"{args.task} training")]
+    history_path, second = _plot_paths(args)
+    written = [history.plot(history_path, title=f"{args.task} training")]
     if args.task == "xor":
-        written.append(plots.decision_boundary(net, X_test, y_test, f"{stem}-boundary.png", title="XOR"))
+        written.append(plots.decision_boundary(net, X_test, y_test, second, title="XOR"))
     else:
-        written.append(plots.confusion_matrix(net, X_test, y_test, f"{stem}-confusion.png",
-                                              title="digits, test set"))
+        written.append(plots.confusion_matrix(net, X_test, y_test, second, title="digits, test set"))
     return written
+
+
+def _plot_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """The two files ``--plot PATH`` writes: the history and the boundary (xor) or confusion matrix."""
+    stem = args.plot[:-4] if args.plot.endswith(".png") else args.plot
+    return f"{stem}-history.png", f"{stem}-{'boundary' if args.task == 'xor' else 'confusion'}.png"
 
 
 def warmup(args: argparse.Namespace) -> int:
@@ -215,8 +230,20 @@ def bench(args: argparse.Namespace) -> int:
     names = args.backend or [name for name, why in available_backends().items() if why is None]
     for name in names:
         backend_for(name)  # an unusable backend fails here, with its reason
-    result = report.run(names, quick=args.quick, repeats=args.repeats,
-                        sections=args.section or ("matrix", "elementwise", "training"))
+    _positive("--repeats", args.repeats)
+    sections = args.section or ("matrix", "elementwise", "training")
+    from .info import cpu_model
+
+    print(f"fastnn bench{' --quick' if args.quick else ''}: {', '.join(sections)} for {', '.join(names)} and "
+          f"their baselines, {args.repeats} repeats each, on {cpu_model()}; about "
+          f"{report.estimate_seconds(names, sections, args.quick) * args.repeats / 5:.0f} s. "
+          "Rows print as they are measured; BUSY or NOISY marks a row taken while the machine was not quiet.",
+          flush=True)
+    print(report.ROW_HEADER, flush=True)
+    started = time.perf_counter()
+    result = report.run(names, quick=args.quick, repeats=args.repeats, sections=sections, progress=False,
+                        on_row=lambda row: print(report.row_line(row.as_dict()), flush=True))
+    print(f"\nmeasured in {time.perf_counter() - started:.0f} s; the table with ratios:\n")
     print(report.table(result))
     if args.json:
         print(f"wrote {report.write_json(result, args.json)}")
@@ -252,12 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     trainer.add_argument("--hidden", type=int, help="width of the first hidden layer")
     trainer.add_argument("--activation", help="hidden activation (default: the task's)")
     trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--log-every", type=int, metavar="N",
+                         help="print every Nth epoch (default: about 20 lines in all; the last is always printed)")
     trainer.add_argument("--save", metavar="PATH", help="write the trained network to PATH (.npz)")
     trainer.add_argument("--checkpoint", metavar="PATH", help="write a resumable checkpoint every epoch")
     trainer.add_argument("--resume", metavar="PATH", help="continue the run saved by --checkpoint")
     trainer.add_argument("--plot", metavar="PATH", help="write PATH-history.png and PATH-boundary.png (xor) "
                                                         "or PATH-confusion.png (digits); needs matplotlib")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `fastnn info | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "info":
             print(info.render(info.collect()))
@@ -267,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "warmup":
             return warmup(args)
         return train(args)
+    except BrokenPipeError:
+        raise  # handled in main
     except (BackendUnavailable, ValueError, ImportError, OSError, NonFiniteError) as exc:
         # one line, no traceback: what went wrong and what was expected
         message = str(exc) or type(exc).__name__

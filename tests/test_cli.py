@@ -121,3 +121,43 @@ def test_train_honours_fastnn_backend_like_the_library(capsys, monkeypatch):
     monkeypatch.setenv("FASTNN_BACKEND", "bogus")
     _fails_cleanly(capsys, ["train", "xor", "--epochs", "1"], "FASTNN_BACKEND='bogus' is not a backend")
     assert main(["train", "xor", "--epochs", "1", "--backend", "numpy"]) == 0  # the option wins
+
+
+# --- the CLI talks while it works ------------------------------------------------------------------
+
+def test_train_prints_about_twenty_epoch_lines_and_the_last(capsys):
+    """xor's 300 epochs printed 300 lines; now every ~15th, and always the last."""
+    assert main(["train", "xor", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert 15 <= len(epochs) <= 21 and epochs[-1].startswith("epoch 300/300")
+    assert main(["train", "xor", "--backend", "numpy", "--epochs", "7", "--log-every", "3"]) == 0
+    epochs = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert epochs == ["3/7", "6/7", "7/7"]
+
+
+def test_train_says_compiling_only_where_kernels_compile(capsys):
+    assert main(["train", "xor", "--backend", "numpy", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "compil" not in out and "warm-up" not in out
+    if fastnn.available_backends()["numba"] is None:
+        assert main(["train", "xor", "--backend", "numba", "--epochs", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "compiling the numba kernels" in out and "kernels ready in" in out
+
+
+def test_train_names_the_plot_files_before_training(capsys, tmp_path):
+    stem = tmp_path / "run.png"
+    assert main(["train", "digits", "--backend", "numpy", "--epochs", "1", "--plot", str(stem)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    announced = next(i for i, line in enumerate(lines) if line.startswith("will write"))
+    assert lines[announced] == f"will write {tmp_path / 'run-history.png'} and {tmp_path / 'run-confusion.png'}"
+    assert announced < next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert (tmp_path / "run-history.png").exists() and (tmp_path / "run-confusion.png").exists()
+
+
+def test_info_names_the_cpu_and_a_broken_pipe_is_quiet():
+    result = subprocess.run(["fastnn", "info"], capture_output=True, text=True, timeout=120)
+    assert re.search(r"^CPU: .+, \d+ cores, SIMD", result.stdout, re.M)
+    piped = subprocess.run("fastnn info | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert piped.stdout.startswith("fastnn ") and "error" not in piped.stderr

@@ -99,6 +99,8 @@ class Backend:
     # True where reading a value back to the host stalls a device queue: training then checks
     # for NaN/inf on the device and looks at the result once per epoch, not once per step.
     defers_checks: bool = False
+    # True where kernels are compiled on first use (a JIT backend): the CLI then says so
+    compiles: bool = False
 
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"

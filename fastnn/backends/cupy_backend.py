@@ -11,6 +11,7 @@ from .base import Backend
 
 class CupyBackend(Backend):
     name = "cupy"
+    compiles = True  # one RawModule, compiled by NVRTC on first use
     defers_checks = True
 
     def __init__(self) -> None:

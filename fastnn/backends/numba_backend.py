@@ -10,6 +10,7 @@ from .numpy_backend import NumpyBackend
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
+    compiles = True
 
     def __init__(self) -> None:
         # Imported here, not at module level, so that even importing this module compiles and
