@@ -6,7 +6,7 @@ to one CPU after the other, every half second.
 On a dedicated machine every column stays flat. On this project's VMs one vCPU at a time often
 runs the loop 1.4-2x slower for a while (host contention), and a kernel that splits each
 training step evenly across both cores then waits for the slow one; it is why the end-to-end
-ratios in the README are ranges.
+ratios in docs/performance.md are ranges.
 """
 
 from __future__ import annotations

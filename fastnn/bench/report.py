@@ -144,7 +144,7 @@ def chart(report: dict[str, Any], path: str) -> str:
     from ..plots import _pyplot, _save
 
     plt = _pyplot()
-    with plt.rc_context({"font.size": 11}):  # readable at the width the README shows it
+    with plt.rc_context({"font.size": 11}):  # readable at the width docs/performance.md shows it
         fig = _draw(plt, report)
     return _save(fig, path)
 
