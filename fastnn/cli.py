@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,12 +133,24 @@ def train(args: argparse.Namespace) -> int:
 
         from .training import warm_up
 
+        # Say "compiling" only when it is: a warm-up still running after a second is compiling
+        # (loading cached kernels takes a fraction of that), and then the user hears it at once.
+        said = []
+
+        def say_compiling() -> None:
+            said.append(True)
+            print(f"compiling the {backend.name} kernels this run needs (once: later runs load them from the "
+                  "cache) ...", flush=True)
+
+        notice = threading.Timer(1.0, say_compiling)
         if backend.compiles:
-            print(f"compiling the {backend.name} kernels this run needs (a later run loads them from the cache) ...",
-                  flush=True)
-        warm = warm_up(net, X_train, y_train, task.loss, optimizer, batch_size)
-        if backend.compiles:
-            print(f"kernels ready in {warm:.1f} s (not counted below)")
+            notice.start()
+        try:
+            warm = warm_up(net, X_train, y_train, task.loss, optimizer, batch_size)
+        finally:
+            notice.cancel()
+        if said:
+            print(f"kernels compiled in {warm:.1f} s (not counted below)")
         started = time.perf_counter()
         history = net.fit(X_train, y_train, task.loss, optimizer, epochs=epochs, batch_size=batch_size,
                           seed=args.seed, validation_data=None if args.task == "xor" else (X_test, y_test),
