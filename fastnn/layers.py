@@ -68,8 +68,10 @@ class Layer:
 
     def infer(self, x: Any) -> Any:
         """The output for ``x`` without caching anything for ``backward``, in this thread's own
-        workspace (safe to call from many threads at once)."""
-        raise NotImplementedError
+        workspace (safe to call from many threads at once). Every fastnn layer overrides it; a
+        layer of your own that does not falls back to ``forward`` (correct, but then neither
+        thread-safe nor free of side effects on the forward cache)."""
+        return self.forward(x)
 
     def __getstate__(self) -> dict[str, Any]:
         # per-thread workspaces are neither copied nor pickled: a copy starts with its own

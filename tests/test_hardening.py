@@ -425,3 +425,20 @@ def test_networks_still_copy_and_pickle(backend):
         np.testing.assert_array_equal(backend.to_numpy(clone.predict(X)), backend.to_numpy(net.predict(X)))
         clone.fit(X, y, "cross_entropy", epochs=1, progress=False)
         clone.add(fastnn.Softmax(dtype=np.float64, backend=backend))
+
+
+def test_a_custom_layer_without_infer_still_predicts():
+    """Layers written before ``infer`` existed keep working: ``infer`` falls back to ``forward``."""
+
+    class Double(fastnn.Layer):
+        kind = "Double"
+
+        def forward(self, x):
+            return self.backend.asarray(x, self.dtype) * 2
+
+        def backward(self, dy, need_input_grad=True):
+            return dy * 2
+
+    net = fastnn.Network([fastnn.Linear(3, 2, seed=0, backend="numpy"), Double(backend="numpy")])
+    X = np.ones((4, 3), np.float32)
+    np.testing.assert_allclose(net.predict(X), 2 * net.layers[0].infer(X))
