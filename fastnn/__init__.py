@@ -9,9 +9,10 @@ Quick start::
 
 from __future__ import annotations
 
-from . import datasets, init, losses, plots
+from . import datasets, init, losses, plots, schedules
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend, set_backend, use_backend
+from .early_stopping import EarlyStopping
 from .errors import BackendUnavailable
 from .gradcheck import gradcheck
 from .layers import (
@@ -36,8 +37,8 @@ from .training import History
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable",
+    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "EarlyStopping",
     "History", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
     "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
-    "get_backend", "gradcheck", "init", "losses", "plots", "set_backend", "use_backend",
+    "get_backend", "gradcheck", "init", "losses", "plots", "schedules", "set_backend", "use_backend",
 ]

@@ -6,8 +6,10 @@ Layout (format version 1):
 - ``architecture``: JSON ``[{"kind": "Linear", "config": {...}}, ...]``.
 - ``params/{layer index}/{name}``: one array per parameter, in the layer's dtype.
 - Written by ``fit(checkpoint=...)`` only: ``training``, JSON with the epoch reached, the shuffling
-  generator's state, the history so far and the optimizer's kind, hyperparameters and step
-  count; ``optimizer/{name}``: the optimizer's state arrays (momentum, moments).
+  generator's state, the history so far, the optimizer's kind, hyperparameters and step count,
+  and the schedule and early-stopping configuration and state; ``optimizer/{name}``: the
+  optimizer's state arrays (momentum, moments); ``training/{name}``: other arrays of the run
+  (early stopping's best parameters).
 - ``digest``: SHA-256 over all of the above, so a file altered after it was written is refused
   instead of loaded with silently changed weights.
 
@@ -48,12 +50,14 @@ def architecture_of(network: Any) -> str:
 
 
 def save(network: Any, path: str | os.PathLike, training: dict[str, Any] | None = None,
-         optimizer_buffers: dict[str, np.ndarray] | None = None) -> None:
+         optimizer_buffers: dict[str, np.ndarray] | None = None,
+         training_arrays: dict[str, np.ndarray] | None = None) -> None:
     path = os.fspath(path)
     architecture = architecture_of(network)
     arrays = {f"params/{i}/{name}": network.backend.to_numpy(value)
               for i, layer in enumerate(network.layers) for name, value in layer.params.items()}
     arrays.update({f"optimizer/{name}": value for name, value in (optimizer_buffers or {}).items()})
+    arrays.update({f"training/{name}": value for name, value in (training_arrays or {}).items()})
     texts = [architecture] + ([json.dumps(training)] if training is not None else [])
     header = {"fastnn_format": np.array(FORMAT), "format_version": np.array(VERSION),
               "architecture": np.array(architecture), "digest": np.array(_digest(texts, arrays))}
@@ -118,7 +122,7 @@ def _verified(path: str) -> tuple[dict[str, np.ndarray], list[Any], dict[str, An
         digest = str(data["digest"])
     except (KeyError, ValueError) as exc:
         raise fail(f"unreadable architecture or training state ({exc})") from None
-    arrays = {key: value for key, value in data.items() if key.startswith(("params/", "optimizer/"))}
+    arrays = {key: value for key, value in data.items() if key.startswith(("params/", "optimizer/", "training/"))}
     if _digest(texts, arrays) != digest:
         raise fail("its contents do not match their recorded digest (the file was altered or damaged)")
     if not isinstance(layers_spec, list):
@@ -204,4 +208,5 @@ def load_training(path: str | os.PathLike, network: Any, optimizer: Any) -> dict
     _load_parameters(network, arrays, fail)
     buffers = {key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith("optimizer/")}
     optimizer.load_state_dict(training["optimizer"], buffers, network)
+    training["arrays"] = {key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith("training/")}
     return training

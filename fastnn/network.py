@@ -207,14 +207,16 @@ class Network:
             batch_size: int = 32, shuffle: bool = True, seed: int | None = None,
             validation_data: tuple[Any, Any] | None = None, progress: bool = True,
             metrics: bool | None = None, checkpoint: str | None = None, checkpoint_every: int = 1,
-            resume: str | None = None, on_epoch: Any = None) -> training.History:
+            resume: str | None = None, on_epoch: Any = None, schedule: Any = None, early_stopping: Any = None,
+            clip_grad_norm: float | None = None) -> training.History:
         """Train with mini-batches; see ``fastnn.training.fit`` for every argument (NaN guard,
-        checkpoints and resume, Ctrl-C)."""
+        checkpoints and resume, Ctrl-C, schedules, early stopping, gradient clipping)."""
         return training.fit(self, X, y, loss, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, shuffle=shuffle, seed=seed,
                             validation_data=validation_data, progress=progress, metrics=metrics,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                            on_epoch=on_epoch)
+                            on_epoch=on_epoch, schedule=schedule, early_stopping=early_stopping,
+                            clip_grad_norm=clip_grad_norm)
 
     def evaluate(self, X: Any, y: Any, loss: str | Loss | None = None,
                  batch_size: int = 1024) -> dict[str, float]:

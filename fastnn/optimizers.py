@@ -30,6 +30,14 @@ class Optimizer:
         self._owner: Any = None
         self._backend: Any = None
         self.steps = 0
+        # the rate a schedule has set for the coming steps (None: the base ``lr``); the base rate
+        # stays the hyperparameter, so a checkpoint's optimizer matches on resume
+        self.scheduled_lr: float | None = None
+
+    @property
+    def current_lr(self) -> float:
+        """The learning rate the next step uses: the schedule's, or the base ``lr``."""
+        return self.lr if self.scheduled_lr is None else self.scheduled_lr
 
     def step(self, network: Any) -> None:
         param, grad = network.flat_parameters()
@@ -119,10 +127,10 @@ class SGD(Optimizer):
     fused_state = ("velocity", "velocity")  # the rule takes two state buffers; SGD uses one
 
     def fused_hyperparameters(self) -> tuple[float, ...]:
-        return (self.lr, self.momentum, float(self.nesterov), self.weight_decay)
+        return (self.current_lr, self.momentum, float(self.nesterov), self.weight_decay)
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
-        backend.kernels.sgd(param, grad, state["velocity"], state["scratch"], lr=self.lr,
+        backend.kernels.sgd(param, grad, state["velocity"], state["scratch"], lr=self.current_lr,
                             momentum=self.momentum, nesterov=self.nesterov,
                             weight_decay=self.weight_decay, first_step=self.steps == 1)
 
@@ -152,11 +160,11 @@ class Adam(Optimizer):
     fused_state = ("exp_avg", "exp_avg_sq")
 
     def fused_hyperparameters(self) -> tuple[float, ...]:
-        return (self.lr, *self.betas, self.eps, self.weight_decay, float(self.decoupled))
+        return (self.current_lr, *self.betas, self.eps, self.weight_decay, float(self.decoupled))
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.adam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["scratch"],
-                             state["scratch2"], step=self.steps, lr=self.lr, beta1=self.betas[0],
+                             state["scratch2"], step=self.steps, lr=self.current_lr, beta1=self.betas[0],
                             beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
                             decoupled=self.decoupled)
 

@@ -38,6 +38,8 @@ class History:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     interrupted: bool = False
+    stopped_early: bool = False  # EarlyStopping ended the run
+    best_epoch: int | None = None  # EarlyStopping's best epoch (whose parameters it restored)
 
     def __getitem__(self, metric: str) -> list[float]:
         if not self.epochs or metric not in self.epochs[0]:
@@ -171,8 +173,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
         batch_size: int = 32, shuffle: bool = True, seed: int | None = None,
         validation_data: tuple[Any, Any] | None = None, progress: bool = True,
         metrics: bool | None = None, checkpoint: str | None = None, checkpoint_every: int = 1,
-        resume: str | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None
-        ) -> History:
+        resume: str | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        schedule: Any = None, early_stopping: Any = None, clip_grad_norm: float | None = None) -> History:
     """Train ``network`` on ``X (N, ..., in)`` and targets ``y`` up to epoch ``epochs``.
 
     - ``loss``: a ``fastnn.losses.Loss`` or its name (``"mse"``, ``"bce"``, ``"bce_with_logits"``,
@@ -190,6 +192,15 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
       optimizer the result is bit-for-bit that of an uninterrupted run. ``epochs`` is the total:
       fewer than the checkpoint has already trained raises ``ValueError``; as many trains nothing.
     - ``on_epoch(epoch, record)`` is called after each epoch.
+    - ``schedule``: a ``fastnn.schedules.Schedule`` setting the optimizer's learning rate from
+      its base ``lr`` before every epoch (or, with ``interval="batch"``, every step); each
+      record then has ``lr``. A per-batch schedule makes the whole-step trainer run one batch
+      per call.
+    - ``early_stopping``: a ``fastnn.EarlyStopping``; ``history.stopped_early`` and
+      ``history.best_epoch`` say what it did.
+    - ``clip_grad_norm``: scale the gradients so that their global 2-norm is at most this
+      (``torch.nn.utils.clip_grad_norm_``: ``g *= min(1, max_norm / (norm + 1e-6))``) before
+      every update. The per-layer path runs it (the whole-step trainer does not clip).
 
     A NaN or inf in the loss, a gradient or the parameters raises ``NonFiniteError`` naming the
     epoch, the batch and the layer, with the network restored to its parameters before that
@@ -202,7 +213,7 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
                            "train one network from one thread at a time")
     try:
         return _fit(network, X, y, loss, optimizer, epochs, batch_size, shuffle, seed, validation_data, progress,
-                    metrics, checkpoint, checkpoint_every, resume, on_epoch)
+                    metrics, checkpoint, checkpoint_every, resume, on_epoch, schedule, early_stopping, clip_grad_norm)
     finally:
         network._training.release()
 
@@ -210,37 +221,127 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
 def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, batch_size: int, shuffle: bool,
          seed: int | None, validation_data: tuple[Any, Any] | None, progress: bool, metrics: bool | None,
          checkpoint: str | None, checkpoint_every: int, resume: str | None,
-         on_epoch: Callable[[int, dict[str, float]], None] | None) -> History:
+         on_epoch: Callable[[int, dict[str, float]], None] | None, schedule: Any, early_stopping: Any,
+         clip_grad_norm: float | None) -> History:
     """The epoch loop: records, callbacks, checkpoints and Ctrl-C; ``_Run`` does the rest."""
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    extras = _Extras(schedule, early_stopping, clip_grad_norm)
     run = _Run(network, X, y, _losses.get(loss), _optimizers.get(optimizer), batch_size, metrics, validation_data,
-               np.random.default_rng(seed), shuffle)
+               np.random.default_rng(seed), shuffle, extras)
     history, first_epoch = run.start(resume, int(epochs))
+    if history.stopped_early:  # a resumed run that had already stopped: nothing more to do
+        return history
     bar_factory = bar_factory_for(progress)
-    with _stop_on_interrupt() as interrupt, run.trainer if run.trainer is not None else contextlib.nullcontext():
-        for epoch in range(first_epoch, int(epochs) + 1):
-            bar = bar_factory(total=run.n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
-                if bar_factory else None
-            try:
-                record = run.epoch(epoch, bar, interrupt)
-            finally:
-                if bar is not None:
-                    bar.close()
-            if record is None:  # stopped mid-epoch: the partial epoch is not recorded, resume redoes it
-                history.interrupted = True
-                break
-            history.epochs.append(record)
-            if on_epoch is not None:
-                on_epoch(epoch, record)
-            if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-                _save_training(network, run.optimizer, checkpoint, epoch, run.rng, history)
-            if interrupt["stop"]:
-                history.interrupted = True
-                break
+    params, _ = network.flat_parameters()
+    try:
+        with _stop_on_interrupt() as interrupt, \
+                run.trainer if run.trainer is not None else contextlib.nullcontext():
+            for epoch in range(first_epoch, int(epochs) + 1):
+                extras.start_epoch(run.optimizer, epoch)
+                bar = bar_factory(total=run.n, desc=f"epoch {epoch}/{epochs}", unit="sample", leave=False) \
+                    if bar_factory else None
+                try:
+                    record = run.epoch(epoch, bar, interrupt)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if record is None:  # stopped mid-epoch: the partial epoch is not recorded, resume redoes it
+                    history.interrupted = True
+                    break
+                if extras.schedule is not None:
+                    record["lr"] = run.optimizer.current_lr
+                history.epochs.append(record)
+                stop = extras.end_epoch(epoch, record, params, history)
+                if on_epoch is not None:
+                    on_epoch(epoch, record)
+                if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs or stop):
+                    _save_training(network, run.optimizer, checkpoint, epoch, run.rng, history, extras)
+                if stop:
+                    break
+                if interrupt["stop"]:
+                    history.interrupted = True
+                    break
+    finally:
+        run.optimizer.scheduled_lr = None  # the schedule belongs to this fit
     return history
+
+
+class _Extras:
+    """What ``fit`` adds around the steps when asked: a learning-rate schedule, early stopping
+    and gradient clipping (each checked up front, each inert when not given)."""
+
+    def __init__(self, schedule: Any, early_stopping: Any, clip_grad_norm: float | None) -> None:
+        from .early_stopping import EarlyStopping
+        from .schedules import Schedule
+
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a fastnn.schedules.Schedule, got {type(schedule).__name__}")
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got {type(early_stopping).__name__}")
+        if clip_grad_norm is not None and not (isinstance(clip_grad_norm, (int, float)) and clip_grad_norm > 0
+                                               and math.isfinite(clip_grad_norm)):
+            raise ValueError(f"clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
+        self.schedule, self.early_stopping = schedule, early_stopping
+        self.clip = None if clip_grad_norm is None else float(clip_grad_norm)
+        self.batches_per_epoch = 0
+        if early_stopping is not None:
+            early_stopping.reset()
+
+    @property
+    def per_batch(self) -> bool:
+        return self.schedule is not None and self.schedule.interval == "batch"
+
+    def start_epoch(self, optimizer: Any, epoch: int) -> None:
+        if self.schedule is not None and not self.per_batch:
+            optimizer.scheduled_lr = self.schedule.lr(optimizer.lr, epoch - 1)
+
+    def before_batch(self, optimizer: Any, epoch: int, batch: int) -> None:
+        """Set a per-batch schedule's rate for batch ``batch`` (0-based) of ``epoch``."""
+        step = (epoch - 1) * self.batches_per_epoch + batch
+        optimizer.scheduled_lr = self.schedule.lr(optimizer.lr, step)
+
+    def clip_gradients(self, xp: Any, grads: Any) -> None:
+        """PyTorch's clip_grad_norm_ over the flat gradient buffer, on the device (no host read)."""
+        norm = xp.sqrt(xp.dot(grads, grads))
+        grads *= xp.minimum(self.clip / (norm + 1e-6), 1.0).astype(grads.dtype)
+
+    def end_epoch(self, epoch: int, record: dict[str, float], params: Any, history: History) -> bool:
+        """Early stopping's verdict on the epoch; on a stop, restore the best and say so."""
+        es = self.early_stopping
+        if es is None or not es.update(epoch, record, params):
+            return False
+        es.restore(params)
+        history.stopped_early, history.best_epoch = True, es.best_epoch
+        return True
+
+    def state(self, backend: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(json, arrays)`` for a checkpoint."""
+        state: dict[str, Any] = {"schedule": None if self.schedule is None else self.schedule.config()}
+        arrays = {}
+        es = self.early_stopping
+        if es is not None:
+            state["early_stopping"] = {"config": es.config(), **es.state()}
+            if es.best_parameters is not None:
+                arrays["early_stopping_best"] = np.asarray(backend.to_numpy(es.best_parameters))
+        return state, arrays
+
+    def load(self, training: dict[str, Any], backend: Any, path: str) -> None:
+        """Continue the schedule and early stopping of the checkpoint at ``path``."""
+        saved = training.get("extras", {"schedule": None})
+        mine = self.schedule.config() if self.schedule is not None else None
+        if saved.get("schedule") != mine:
+            raise ValueError(f"cannot resume from {path!r}: it was trained with schedule {saved.get('schedule')}, "
+                             f"not {mine}: resume with the schedule the run was started with")
+        es, stored = self.early_stopping, saved.get("early_stopping")
+        if (es is None) != (stored is None) or (es is not None and stored["config"] != es.config()):
+            theirs, ours = None if stored is None else stored["config"], None if es is None else es.config()
+            raise ValueError(f"cannot resume from {path!r}: it was trained with early stopping {theirs}, not {ours}")
+        if es is not None:
+            best = training["arrays"].get("early_stopping_best")
+            es.load_state(stored, None if best is None else backend.asarray(best))
 
 
 class _Run:
@@ -249,7 +350,7 @@ class _Run:
 
     def __init__(self, network: Any, X: Any, y: Any, loss: _losses.Loss, optimizer: Any, batch_size: int,
                  metrics: bool | None, validation_data: tuple[Any, Any] | None, rng: np.random.Generator,
-                 shuffle: bool) -> None:
+                 shuffle: bool, extras: _Extras) -> None:
         batch_size = check_batch_size(batch_size)
         X, target = prepare(network, X, y, loss)
         if X.shape[0] == 0:
@@ -269,17 +370,23 @@ class _Run:
         network.loss = loss
         network.flat_parameters()
         self.network, self.loss, self.optimizer, self.rng, self.shuffle = network, loss, optimizer, rng, shuffle
+        self.extras = extras
         self.backend = backend = network.backend
         self.n = n = X.shape[0]
         self.batch_size = min(batch_size, n)  # buffers are sized by the batch: never past the data
-        self.n_batches = -(-n // self.batch_size)
+        self.n_batches = extras.batches_per_epoch = -(-n // self.batch_size)
+        if extras.early_stopping is not None:
+            extras.early_stopping.check_metric({"loss", *(["accuracy"] if self.track_accuracy else []),
+                                                *(["val_loss", "val_accuracy"] if self.validation and classifier
+                                                  else ["val_loss"] if self.validation else [])})
         self.batch_losses = backend.empty(self.n_batches, np.float64)
         self.batch_correct = backend.empty(self.n_batches, np.float64)
         bounds = np.minimum(np.arange(self.n_batches + 1) * self.batch_size, n)
         self.sizes = backend.asarray(np.diff(bounds), np.float64)
         self.guard = _Guard(network)
-        self.trainer = None if self.guard.deferred else _dense_trainer(network, loss, X, target, self.batch_size,
-                                                                        optimizer)
+        # the whole-step trainer does not clip gradients: clipping keeps the per-layer path
+        self.trainer = None if self.guard.deferred or extras.clip is not None else \
+            _dense_trainer(network, loss, X, target, self.batch_size, optimizer)
         self.X, self.target = (X, target) if self.trainer is None else self.trainer.inputs(X, target)
         self.buffers = Workspace()
 
@@ -289,8 +396,11 @@ class _Run:
         if resume is None:
             return history, 1
         state = _checkpoint.load_training(resume, self.network, self.optimizer)
+        self.extras.load(state, self.backend, resume)
         self.rng.bit_generator.state = state["rng"]
         history.epochs = [dict(record) for record in state["history"]]
+        history.stopped_early = bool(state.get("stopped_early", False))
+        history.best_epoch = state.get("best_epoch")
         trained = int(state["epoch"])
         if epochs < trained:
             raise ValueError(f"resume: {resume!r} has trained {trained} epochs already; epochs is the total to "
@@ -301,20 +411,22 @@ class _Run:
         """Train one epoch; its record, or None if Ctrl-C stopped it before the end."""
         started = time.perf_counter()
         order = self.backend.asarray(self.rng.permutation(self.n)) if self.shuffle else None
+        before_batch = (lambda batch: self.extras.before_batch(self.optimizer, epoch, batch)) \
+            if self.extras.per_batch else None
         if self.trainer is not None:
             batch, seen = _fused_epoch(self.trainer, self.network, self.X, self.target, order, epoch,
                                        self.n_batches, self.batch_size, self.optimizer, self.guard,
-                                       self.batch_losses, self.batch_correct, bar, interrupt)
+                                       self.batch_losses, self.batch_correct, bar, interrupt, before_batch)
         else:
-            batch, seen = self._per_layer_epoch(order, epoch, bar, interrupt, started)
+            batch, seen = self._per_layer_epoch(order, epoch, bar, interrupt, started, before_batch)
         self.guard.settle(epoch)
         seconds = time.perf_counter() - started
         if interrupt["stop"] and seen < self.n:
             return None
         return self._record(batch + 1, seen, seconds)
 
-    def _per_layer_epoch(self, order: Any, epoch: int, bar: Any, interrupt: dict[str, bool],
-                         started: float) -> tuple[int, int]:
+    def _per_layer_epoch(self, order: Any, epoch: int, bar: Any, interrupt: dict[str, bool], started: float,
+                         before_batch: Callable[[int], None] | None) -> tuple[int, int]:
         """Batch by batch through the layers; returns the last batch's index and samples seen."""
         backend, n, seen = self.backend, self.n, 0
         for batch, start in enumerate(range(0, n, self.batch_size)):
@@ -325,6 +437,8 @@ class _Run:
             else:
                 xb = backend.take_rows(self.X, order[start:stop], x_buf)
                 yb = backend.take_rows(self.target, order[start:stop], y_buf)
+            if before_batch is not None:
+                before_batch(batch)
             value = self._step(xb, yb, grad, epoch, batch)
             seen += stop - start
             if bar is not None:
@@ -343,6 +457,8 @@ class _Run:
         if not guard.deferred and not math.isfinite(float(value)):
             raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
         network._backward(grad, need_input_grad=False)
+        if self.extras.clip is not None:
+            self.extras.clip_gradients(self.backend.xp, network.flat_parameters()[1])
         self.optimizer.step(network)
         if guard.deferred:
             guard.track(value, batch + 1)
@@ -391,15 +507,19 @@ def _dense_trainer(network: Any, loss: _losses.Loss, X: Any, target: Any, batch_
 
 def _fused_epoch(trainer: Any, network: Any, X: Any, target: Any, order: Any, epoch: int, n_batches: int,
                  batch_size: int, optimizer: Any, guard: _Guard, batch_losses: Any, batch_correct: Any,
-                 bar: Any, interrupt: dict[str, bool]) -> tuple[int, int]:
-    """One epoch through the backend's trainer, a chunk of batches per call; returns the index
-    of the last batch done and the samples seen. Failures raise as in the per-layer loop."""
+                 bar: Any, interrupt: dict[str, bool], before_batch: Callable[[int], None] | None = None
+                 ) -> tuple[int, int]:
+    """One epoch through the backend's trainer, a chunk of batches per call (one batch per call
+    when ``before_batch`` must run before each); returns the index of the last batch done and
+    the samples seen. Failures raise as in the per-layer loop."""
     n, started = X.shape[0], time.perf_counter()
     order = np.arange(n) if order is None else order
     _, grads = network.flat_parameters()
     done = seen = 0
     while done < n_batches:
-        count = min(_FUSED_CHUNK, n_batches - done)
+        count = min(_FUSED_CHUNK if before_batch is None else 1, n_batches - done)
+        if before_batch is not None:
+            before_batch(done)
         ran, failure, bad = trainer.run(X, target, order, done, count, batch_size, optimizer,
                                         optimizer.bind(network), grads, guard.snapshot, batch_losses,
                                         batch_correct)
@@ -447,10 +567,12 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
 
 
 def _save_training(network: Any, optimizer: Any, path: str, epoch: int, rng: np.random.Generator,
-                   history: History) -> None:
+                   history: History, extras: _Extras) -> None:
     config, buffers = optimizer.state_dict()
-    training = {"epoch": epoch, "rng": rng.bit_generator.state, "history": history.epochs, "optimizer": config}
-    _checkpoint.save(network, path, training=training, optimizer_buffers=buffers)
+    extra_state, extra_arrays = extras.state(network.backend)
+    training = {"epoch": epoch, "rng": rng.bit_generator.state, "history": history.epochs, "optimizer": config,
+                "extras": extra_state, "stopped_early": history.stopped_early, "best_epoch": history.best_epoch}
+    _checkpoint.save(network, path, training=training, optimizer_buffers=buffers, training_arrays=extra_arrays)
 
 
 def _is_classifier(loss: _losses.Loss, network: Any, X: Any, target: Any) -> bool:
