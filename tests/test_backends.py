@@ -89,3 +89,47 @@ def test_registry_factories_name_real_modules_for_usable_backends():
         if reason is None:
             assert fastnn.set_backend(name).name == name
     assert set(REGISTRY) <= set(fastnn.backends.VALID_NAMES)
+
+
+class _CupyWithoutNvrtc:
+    """Just enough of ``cupy`` for the probe: a device, and a kernel launch that fails the way
+    CuPy does when NVRTC is missing (or, with ``cublas_broken``, a matmul that fails)."""
+
+    def __init__(self, cublas_broken: bool = False) -> None:
+        import importlib.machinery
+        import types
+
+        import numpy as np
+
+        self.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+        self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+        self.float32, self.zeros, self.cublas_broken = np.float32, np.zeros, cublas_broken
+
+    def RawKernel(self, code, name):  # noqa: N802 (CuPy's name)
+        if not self.cublas_broken:
+            raise RuntimeError("CuPy failed to load libnvrtc.so.12: OSError: libnvrtc.so.12: cannot open shared "
+                               "object file")
+
+        def launch(grid, block, args):
+            args[0][: block[0]] += 1
+
+        return launch
+
+    def ones(self, *args, **kwargs):
+        raise RuntimeError("CUBLAS_STATUS_NOT_INITIALIZED")
+
+
+@pytest.mark.parametrize("cublas_broken,what", [(False, "compile and run a kernel"), (True, "multiply with cuBLAS")])
+def test_auto_falls_back_when_cupy_cannot_compile_or_multiply(monkeypatch, cublas_broken, what):
+    """A driver and a device but no NVRTC (or no cuBLAS): the probe says why, and auto picks the
+    next backend instead of crashing on the first launch."""
+    import sys
+
+    from fastnn import backends
+
+    monkeypatch.setitem(sys.modules, "cupy", _CupyWithoutNvrtc(cublas_broken))
+    monkeypatch.setattr(backends, "_probes", {})
+    reason = backends.available_backends()["cupy"]
+    assert reason is not None and f"cannot {what}" in reason
+    assert backends.resolve_auto() != "cupy"
+    assert "libnvrtc" in reason or "CUBLAS" in reason

@@ -45,8 +45,14 @@ def _numba_probe() -> str | None:
     return None
 
 
+_PROBE_KERNEL = 'extern "C" __global__ void fastnn_probe(float* x) { x[threadIdx.x] += 1.0f; }'
+
+
 def _cupy_probe() -> str | None:
-    """Decided from the device count, once (cached by ``_probe``), never at import."""
+    """Once (cached by ``_probe``), never at import: a device must exist, NVRTC must compile and
+    run a tiny kernel, and cuBLAS must multiply, since the backend needs all three. (Counting
+    devices alone let ``auto`` pick CuPy on a machine with a driver but no NVRTC, and the first
+    launch then failed with "CuPy failed to load libnvrtc.so.12".)"""
     if importlib.util.find_spec("cupy") is None:
         return ("CuPy is not installed (pip install 'fastnn[cuda12]' or 'fastnn[cuda13]' on a machine "
                 "with an NVIDIA GPU)")
@@ -58,7 +64,27 @@ def _cupy_probe() -> str | None:
         return f"CuPy is installed but no CUDA device is usable: {exc}"
     if count < 1:
         return "CuPy is installed but no CUDA device is usable: the driver reports 0 devices"
+    steps = (("compile and run a kernel (NVRTC)", _probe_kernel), ("multiply with cuBLAS", _probe_cublas))
+    for what, step in steps:
+        try:
+            step(cupy)
+        except Exception as exc:  # a missing libnvrtc/libcublas, an unsupported GPU, ...
+            return (f"CuPy sees {count} CUDA device(s) but cannot {what}: {type(exc).__name__}: {exc} "
+                    "(CuPy's CUDA libraries come with its [ctk] extra or a CUDA toolkit)")
     return None
+
+
+def _probe_kernel(cupy) -> None:
+    x = cupy.zeros(32, dtype=cupy.float32)
+    cupy.RawKernel(_PROBE_KERNEL, "fastnn_probe")((1,), (32,), (x,))
+    if float(x.sum()) != 32.0:
+        raise RuntimeError(f"the probe kernel computed {float(x.sum())} instead of 32")
+
+
+def _probe_cublas(cupy) -> None:
+    a = cupy.ones((4, 4), dtype=cupy.float32)
+    if float((a @ a).sum()) != 64.0:
+        raise RuntimeError("a 4x4 product of ones did not sum to 64")
 
 
 REGISTRY: dict[str, BackendEntry] = {
