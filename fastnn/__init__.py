@@ -9,7 +9,7 @@ Quick start::
 
 from __future__ import annotations
 
-from . import datasets, init, losses, plots, schedules
+from . import datasets, init, interop, losses, plots, schedules
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend, set_backend, use_backend
 from .early_stopping import EarlyStopping
@@ -40,5 +40,5 @@ __all__ = [
     "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "EarlyStopping",
     "History", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
     "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
-    "get_backend", "gradcheck", "init", "losses", "plots", "schedules", "set_backend", "use_backend",
+    "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend", "use_backend",
 ]

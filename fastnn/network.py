@@ -115,6 +115,39 @@ class Network:
         """Every parameter array (views into the flat buffer), in layer order."""
         return list(self.named_parameters().values())
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter as a host NumPy copy under PyTorch's key names (``"0.weight"``,
+        ``"0.bias"``, ``"2.weight"``, ...: the layer's index in the network, then the name), so a
+        network built layer for layer like a ``torch.nn.Sequential`` exchanges weights with it."""
+        return {key: np.array(self.backend.to_numpy(value), copy=True)
+                for key, value in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Copy parameters in from ``state`` (``state_dict()``'s form; values may be NumPy, CuPy
+        or PyTorch arrays, converted to the network's dtype). Every key is checked before anything
+        is copied: a missing or unexpected key (with ``strict``) or a wrong shape raises
+        ``ValueError`` naming it, and the network is left unchanged."""
+        mine = self.named_parameters()
+        missing = [key for key in mine if key not in state]
+        unexpected = [key for key in state if key not in mine]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}; this network "
+                             f"has {list(mine)}")
+        values = {}
+        for key in mine:
+            if key not in state:
+                continue
+            value = state[key]
+            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a PyTorch tensor, on any device
+                value = value.detach().cpu().numpy()
+            value = self.backend.asarray(value, self.dtype)
+            if value.shape != mine[key].shape:
+                raise ValueError(f"load_state_dict: {key!r} has shape {tuple(value.shape)}, this network's "
+                                 f"{tuple(mine[key].shape)}")
+            values[key] = value
+        for key, value in values.items():
+            mine[key][...] = value
+
     def flat_parameters(self) -> tuple[Any, Any]:
         """``(params, grads)``: the two flat buffers every layer's parameters and gradients view."""
         if self._flat is None:

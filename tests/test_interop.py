@@ -1,0 +1,88 @@
+"""state_dict with PyTorch's key names, and networks to and from ``torch.nn.Sequential``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+
+
+def _net(backend, dtype=np.float64):
+    return fastnn.Network([fastnn.Linear(5, 8, "tanh", dtype=dtype, seed=0, backend=backend),
+                           fastnn.ReLU(dtype=dtype, backend=backend),
+                           fastnn.Linear(8, 3, bias=False, dtype=dtype, seed=1, backend=backend)])
+
+
+def test_state_dict_round_trip_and_checks(backend):
+    net, other = _net(backend), _net(backend)
+    other.layers[0].weight = np.ones((8, 5))
+    state = net.state_dict()
+    assert list(state) == ["0.weight", "0.bias", "2.weight"]
+    assert all(isinstance(v, np.ndarray) for v in state.values()) and state["0.weight"].shape == (8, 5)
+    state["0.weight"][...] = 7  # a copy: the network is untouched
+    assert float(backend.to_numpy(net.layers[0].weight).max()) < 7
+    other.load_state_dict(net.state_dict())
+    np.testing.assert_array_equal(backend.to_numpy(other.flat_parameters()[0]),
+                                  backend.to_numpy(net.flat_parameters()[0]))
+    before = backend.to_numpy(other.flat_parameters()[0]).copy()
+    bad_shape = {**net.state_dict(), "2.weight": np.zeros((3, 9))}
+    with pytest.raises(ValueError, match=r"'2.weight' has shape \(3, 9\)"):
+        other.load_state_dict(bad_shape)
+    with pytest.raises(ValueError, match=r"missing keys \['0.bias'\], unexpected keys \['1.weight'\]"):
+        other.load_state_dict({"0.weight": np.zeros((8, 5)), "1.weight": np.zeros(1), "2.weight": np.zeros((3, 8))})
+    np.testing.assert_array_equal(backend.to_numpy(other.flat_parameters()[0]), before)  # unchanged
+    other.load_state_dict({"0.bias": np.full(8, 0.5)}, strict=False)
+    assert backend.to_numpy(other.layers[0].bias).tolist() == [0.5] * 8
+
+
+try:
+    import torch
+except ImportError:  # the state_dict test above needs no PyTorch; the ones below are skipped
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="interop with PyTorch needs it: pip install torch==2.13.0")
+DTYPES = [] if torch is None else [(torch.float64, 1e-12), (torch.float32, 2e-6)]
+
+
+def _torch_model(dtype):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.GELU(), torch.nn.Linear(10, 10),
+                               torch.nn.LeakyReLU(0.2), torch.nn.Linear(10, 7, bias=False), torch.nn.ELU(0.5),
+                               torch.nn.Linear(7, 4), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(4, 4),
+                               torch.nn.SiLU(), torch.nn.Linear(4, 3), torch.nn.Softmax(dim=-1)).to(dtype)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype,tol", DTYPES, ids=["float64", "float32"][:len(DTYPES)])
+def test_from_torch_computes_what_torch_computes(backend, dtype, tol):
+    model = _torch_model(dtype)
+    net = fastnn.interop.from_torch(model, backend=backend)
+    assert net.dtype == (np.float64 if dtype == torch.float64 else np.float32)
+    assert list(net.state_dict()) == list(model.state_dict())  # PyTorch's keys, module for module
+    x = np.random.default_rng(0).standard_normal((9, 6)) * 3
+    expected = model(torch.from_numpy(x).to(dtype)).detach().numpy()
+    np.testing.assert_allclose(backend.to_numpy(net.predict(x)), expected, rtol=tol, atol=tol)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})  # and back
+    net.load_state_dict(model.state_dict())
+
+
+@needs_torch
+def test_to_torch_round_trips_a_trained_network(backend):
+    X = np.random.default_rng(1).standard_normal((64, 5))
+    y = (X.sum(axis=1) > 0).astype(np.int64) + (X[:, 0] > 1)
+    net = _net(backend)
+    net.fit(X, y, "cross_entropy", fastnn.Adam(0.01), epochs=3, batch_size=16, progress=False)
+    model = fastnn.interop.to_torch(net)  # the fused tanh becomes its own module
+    assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "ReLU", "Linear"]
+    expected = model(torch.from_numpy(X)).detach().numpy()
+    np.testing.assert_allclose(backend.to_numpy(net.predict(X)), expected, rtol=1e-12, atol=1e-12)
+    again = fastnn.interop.from_torch(model, backend=backend)
+    np.testing.assert_allclose(backend.to_numpy(again.predict(X)), expected, rtol=1e-12, atol=1e-12)
+
+
+@needs_torch
+def test_unsupported_modules_are_named():
+    with pytest.raises(ValueError, match=r"module 1 \(Dropout\) has no fastnn counterpart"):
+        fastnn.interop.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()))
+    with pytest.raises(ValueError, match="only beta=1"):
+        fastnn.interop.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Softplus(beta=2)))
