@@ -19,6 +19,7 @@ from .layers import (
     ELU,
     GELU,
     Activation,
+    Dropout,
     Identity,
     Layer,
     LeakyReLU,
@@ -37,8 +38,8 @@ from .training import History
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "EarlyStopping",
-    "History", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
+    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "Dropout",
+    "EarlyStopping", "History", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
     "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
     "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend", "use_backend",
 ]

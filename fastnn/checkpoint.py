@@ -185,6 +185,18 @@ def _load_parameters(network: Any, arrays: dict[str, np.ndarray], fail) -> None:
         raise fail(f"unexpected arrays {sorted(unexpected)}")
 
 
+def _architecture_only(layers_spec: list[Any]) -> list[Any]:
+    """The layer specs without the config keys that are run state (``Layer.state_keys``)."""
+    result = []
+    for spec in layers_spec:
+        cls = LAYER_KINDS.get(spec.get("kind")) if isinstance(spec, dict) else None
+        keys = cls.state_keys if cls is not None else ()
+        config = spec.get("config", {}) if isinstance(spec, dict) else {}
+        result.append({**spec, "config": {k: v for k, v in config.items() if k not in keys}}
+                      if isinstance(spec, dict) and isinstance(config, dict) else spec)
+    return result
+
+
 def load_training(path: str | os.PathLike, network: Any, optimizer: Any) -> dict[str, Any]:
     """Restore ``network``'s parameters and ``optimizer``'s state from a checkpoint written by
     ``fit(checkpoint=...)``; return its training state (epoch, generator state, history)."""
@@ -202,8 +214,11 @@ def load_training(path: str | os.PathLike, network: Any, optimizer: Any) -> dict
         if isinstance(training, dict) else list(expected)
     if wrong or isinstance(training["epoch"], bool) or training["epoch"] < 0:
         raise fail(f"its training state lacks or garbles {', '.join(wrong) or 'epoch'}")
-    if json.loads(architecture_of(network)) != layers_spec:
+    if _architecture_only(json.loads(architecture_of(network))) != _architecture_only(layers_spec):
         raise fail("it was written for a different network architecture")
+    for layer, spec in zip(network.layers, layers_spec):  # run state in the config (a Dropout's seed)
+        for key in layer.state_keys:
+            setattr(layer, key, spec["config"][key])
     network.flat_parameters()
     _load_parameters(network, arrays, fail)
     buffers = {key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith("optimizer/")}

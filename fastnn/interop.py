@@ -6,7 +6,8 @@
 ``nn.Linear`` followed by the activation module. Weights are copied (PyTorch's ``(out, in)``
 layout is fastnn's), in the network's dtype; outputs agree to float rounding.
 
-Supported: ``Linear``, ``Identity``, ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``
+Supported: ``Linear``, ``Dropout`` (the probability; masks are fastnn's own Philox stream),
+``Identity``, ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``
 (``approximate="none"`` or ``"tanh"``), ``SiLU``, ``Softplus`` (``beta=1``; PyTorch's linear
 region above ``threshold=20`` equals fastnn's overflow-free form to float rounding), ``ELU``,
 ``Softmax(dim=-1)``. Anything else raises ``ValueError`` naming the module.
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import ACTIVATION_LAYERS, Activation, Layer, Linear, Softmax
+from .layers import ACTIVATION_LAYERS, Activation, Dropout, Layer, Linear, Softmax
 from .network import Network
 
 # PyTorch module class name -> fastnn activation name (parameterless, or the one parameter below)
@@ -74,10 +75,12 @@ def from_torch(module: Any, dtype: Any = None, backend: Any = None) -> Network:
             if part.dim not in (-1, None) and part.dim != 1:
                 raise ValueError(f"module {index} {part!r}: only a softmax over the last dimension is supported")
             layer = Softmax(dtype=dtype, backend=backend)
+        elif isinstance(part, torch.nn.Dropout):
+            layer = Dropout(part.p, dtype=dtype, backend=backend)  # a mask stream of its own (Philox)
         elif kind in _TORCH_ACTIVATIONS:
             layer = _activation_from_torch(part, dtype, backend)
         else:
-            raise ValueError(f"module {index} ({kind}) has no fastnn counterpart; supported: Linear, Softmax, "
+            raise ValueError(f"module {index} ({kind}) has no fastnn counterpart; supported: Linear, Softmax, Dropout, "
                              f"{', '.join(sorted(_TORCH_ACTIVATIONS))}")
         layers.append(layer)
     return Network(layers)
@@ -116,6 +119,8 @@ def to_torch(network: Network) -> Any:
                 modules.append(_activation_to_torch(torch, layer.activation, layer.alpha))
         elif isinstance(layer, Softmax):
             modules.append(torch.nn.Softmax(dim=-1))
+        elif isinstance(layer, Dropout):
+            modules.append(torch.nn.Dropout(layer.p))
         elif isinstance(layer, Activation):
             modules.append(_activation_to_torch(torch, layer.activation, layer.alpha))
         else:

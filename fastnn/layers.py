@@ -56,9 +56,16 @@ class Layer:
         self.grads: dict[str, Any] = {}
         self._workspace = Workspace()
         self._per_thread = threading.local()  # inference workspaces, one set per thread
+        self.training = True  # Network.train() / eval() switch it; only stochastic layers care
 
     # True where every output lies in [0, 1] (what BCE needs as its input)
     outputs_probabilities: bool = False
+    # config() keys that are run state rather than architecture (a resume restores them)
+    state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def at_step(self, step: int) -> None:
+        """``fit`` tells every layer the global training step before each batch (a stochastic
+        layer keys its randomness on it, so a resumed run draws what the uninterrupted one did)."""
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
@@ -410,7 +417,67 @@ class Softmax(Layer):
         return {"dtype": self.dtype.name}
 
 
-LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax)}
+class Dropout(Layer):
+    """Inverted dropout, PyTorch's ``nn.Dropout(p)``: while training, each element is zeroed with
+    probability ``p`` and the others scaled by ``1 / (1 - p)``; in evaluation mode, and always in
+    ``infer`` (``predict``, ``evaluate``), the identity.
+
+    The mask is Philox4x32-10 keyed by ``(seed, step, element)`` (``Backend.dropout``): the same
+    seed gives the same masks on the numpy, numba and cupy backends, and ``backward`` regenerates
+    the mask instead of storing it. ``step`` is the global training step under ``fit`` (so a
+    resumed run draws the masks of the uninterrupted one), else a count of training forwards.
+    ``seed=None`` draws one at random; it is saved with the network and restored on resume.
+    """
+
+    kind = "Dropout"
+    state_keys = ("seed",)
+
+    def __init__(self, p: float = 0.5, seed: int | None = None, dtype: Any = np.float32,
+                 backend: Backend | str | None = None) -> None:
+        super().__init__(dtype, backend)
+        if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0):
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            raise ValueError(f"Dropout: seed must be an integer in [0, 2**64), got {seed!r}")
+        self.p, self.seed, self.steps = float(p), int(seed), 0
+        self._shape = self._step = None
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"
+
+    def at_step(self, step: int) -> None:
+        self.steps = step
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        y, self._dx = self._workspace.slot(x.shape, self._new_pair)
+        self._shape = x.shape
+        if self.training and self.p > 0:
+            self._step = self.steps
+            self.steps += 1
+            return self.backend.kernels.dropout(x, y, self.seed, self._step, self.p)
+        self._step = None
+        y[...] = x
+        return y
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        self._require_forward(self._shape)
+        dy = self._check_dy(dy, self._shape)
+        if self._step is None:
+            self._dx[...] = dy
+            return self._dx
+        return self.backend.kernels.dropout(dy, self._dx, self.seed, self._step, self.p)
+
+    def infer(self, x: Any) -> Any:
+        return self._input(x)
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p, "seed": self.seed, "dtype": self.dtype.name}
+
+
+LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax, Dropout)}
 
 
 def layer_from_config(kind: str, config: dict[str, Any], backend: Backend | str | None = None) -> Layer:

@@ -198,6 +198,23 @@ class Network:
             x = layer.forward(x)
         return x
 
+    @property
+    def training(self) -> bool:
+        """True in training mode (the default), False after ``eval()``."""
+        return all(layer.training for layer in self.layers) if self.layers else True
+
+    def train(self, mode: bool = True) -> Network:
+        """Training mode (``mode=False``: evaluation mode) for every layer; returns ``self``.
+        ``fit`` trains in training mode and restores the mode it found; ``predict`` and
+        ``evaluate`` always compute in evaluation mode (``Layer.infer``)."""
+        for layer in self.layers:
+            layer.training = bool(mode)
+        return self
+
+    def eval(self) -> Network:
+        """Evaluation mode: dropout is the identity in ``forward`` too."""
+        return self.train(False)
+
     def _infer(self, x: Any) -> Any:
         """The output for a checked ``x``, caching nothing, in this thread's workspaces."""
         for layer in self.layers:
@@ -281,7 +298,7 @@ class Network:
                            enumerate(zip(row, widths))) for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.append(f"total parameters: {self.parameter_count():,}   dtype: {self.dtype}   "
-                     f"backend: {self.backend.name}")
+                     f"backend: {self.backend.name}   mode: {'train' if self.training else 'eval'}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

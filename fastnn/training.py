@@ -26,6 +26,7 @@ from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import optimizers as _optimizers
 from .dense_plan import dense_plan
+from .layers import Layer
 from .progress import bar_factory as bar_factory_for
 from .workspace import Workspace
 
@@ -236,6 +237,8 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
         return history
     bar_factory = bar_factory_for(progress)
     params, _ = network.flat_parameters()
+    mode = network.training
+    network.train()
     try:
         with _stop_on_interrupt() as interrupt, \
                 run.trainer if run.trainer is not None else contextlib.nullcontext():
@@ -266,6 +269,7 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
                     break
     finally:
         run.optimizer.scheduled_lr = None  # the schedule belongs to this fit
+        network.train(mode)
     return history
 
 
@@ -371,6 +375,8 @@ class _Run:
         network.flat_parameters()
         self.network, self.loss, self.optimizer, self.rng, self.shuffle = network, loss, optimizer, rng, shuffle
         self.extras = extras
+        # layers that key randomness on the global step (Dropout)
+        self.stepped = [layer for layer in network.layers if type(layer).at_step is not Layer.at_step]
         self.backend = backend = network.backend
         self.n = n = X.shape[0]
         self.batch_size = min(batch_size, n)  # buffers are sized by the batch: never past the data
@@ -452,6 +458,8 @@ class _Run:
     def _step(self, xb: Any, yb: Any, grad: Any, epoch: int, batch: int) -> Any:
         """Forward, loss, backward, update and the NaN guard for one batch; returns the loss."""
         network, guard = self.network, self.guard
+        for layer in self.stepped:
+            layer.at_step((epoch - 1) * self.n_batches + batch)
         out = network._forward(xb)
         value, grad = self.loss.compute(self.backend, out, yb, grad)
         if not guard.deferred and not math.isfinite(float(value)):

@@ -54,6 +54,8 @@ class KernelSet:
       for the identity activation.
     - ``linear_backward(x, weight, dz, dx | None, dweight, dbias | None)``.
     - ``mse / bce / bce_with_logits / softmax_cross_entropy(pred, target, grad) -> (value, grad)``.
+    - ``dropout(x, out, seed, step, p) -> out``: ``x`` times the Philox4x32-10 mask of
+      ``kernels/numpy/dropout.py`` (the same bits on every backend) times ``1 / (1 - p)``.
     - ``sgd(param, grad, velocity, scratch, *, lr, momentum, nesterov, weight_decay, first_step)``
       and ``adam(param, grad, m, v, scratch, scratch2, *, step, lr, beta1, beta2, eps,
       weight_decay, decoupled)``, updating ``param`` in place.
@@ -74,6 +76,7 @@ class KernelSet:
     softmax_cross_entropy: Callable[..., Any]
     sgd: Callable[..., Any]
     adam: Callable[..., Any]
+    dropout: Callable[..., Any]
 
     def __post_init__(self) -> None:
         for table in ("forward", "backward"):
@@ -420,6 +423,21 @@ class Backend:
             if logits.ndim == 0:
                 raise ValueError("cross-entropy: expected logits of shape (*, classes), got a scalar")
         return self.kernels.softmax_cross_entropy(logits, target, grad)
+
+    # --- dropout ----------------------------------------------------------------------------------
+
+    def dropout(self, x: Any, p: float, seed: int, step: int, out: Any = None) -> Any:
+        """Inverted dropout: ``x * mask / (1 - p)``, each element kept with probability ``1 - p``.
+        The mask is a pure function of ``(seed, step, element index)`` (Philox4x32-10), the same
+        bits on every backend; the backward of a dropout is this same call on ``dy``."""
+        (x,) = self._operands(x)
+        dtype = self._float_dtype(x)
+        if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+            raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+        for name, value in (("seed", seed), ("step", step)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < 2**64:
+                raise ValueError(f"dropout: {name} must be an integer in [0, 2**64), got {value!r}")
+        return self.kernels.dropout(x, self._out(out, x.shape, dtype, "dropout"), int(seed), int(step), float(p))
 
     # --- optimizers (in place) ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.numpy import activations, linear, losses, optimizers
+from ..kernels.numpy import activations, dropout, linear, losses, optimizers
 from .base import Backend, KernelSet
 
 NUMPY_KERNELS = KernelSet(
@@ -23,6 +23,7 @@ NUMPY_KERNELS = KernelSet(
     softmax_cross_entropy=losses.softmax_cross_entropy,
     sgd=optimizers.sgd,
     adam=optimizers.adam,
+    dropout=dropout.dropout,
 )
 
 

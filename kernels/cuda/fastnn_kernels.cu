@@ -139,6 +139,23 @@ __global__ void adam(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, long lo
   }
 }
 
+// Inverted dropout, one thread per group of four elements: y = x * (word >= threshold ? scale : 0)
+// with word j of Philox4x32-10 at counter (group, step) and key seed (see kernels/numpy/dropout.py).
+template <typename T>
+__global__ void dropout(const T* x, T* y, long long n, long long seed, long long step, long long threshold,
+                        T scale) {
+  const unsigned long long low = 0xFFFFFFFFull, s = (unsigned long long)seed, t = (unsigned long long)step;
+  FASTNN_GRID_STRIDE(g, (n + 3) / 4) {
+    unsigned long long words[4];
+    fastnn::philox4x32_10((unsigned long long)g & low, (unsigned long long)g >> 32, t & low, t >> 32, s & low,
+                          s >> 32, words);
+    for (int j = 0; j < 4; ++j) {
+      long long i = 4 * g + j;
+      if (i < n) y[i] = x[i] * (words[j] >= (unsigned long long)threshold ? scale : T(0));
+    }
+  }
+}
+
 #ifdef FASTNN_INSTANTIATE_ALL
 // For ahead-of-time compilation checks (nvcc): instantiate every kernel for float and double.
 #define FASTNN_INSTANTIATE(T)                                                                                  \
@@ -152,7 +169,8 @@ __global__ void adam(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, long lo
   template __global__ void bce<T>(const T*, const T*, T*, T*, long long, T);                                  \
   template __global__ void mse<T>(const T*, const T*, T*, T*, long long, T);                                  \
   template __global__ void sgd<T>(T*, const T*, T*, long long, T, T, int, T, int);                            \
-  template __global__ void adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, T, T);
+  template __global__ void adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, T, T);                  \
+  template __global__ void dropout<T>(const T*, T*, long long, long long, long long, long long, T);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #endif

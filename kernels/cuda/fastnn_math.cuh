@@ -128,6 +128,22 @@ template <typename T> FASTNN_HD T bce_grad(T p, T t) {
   return (p - t) / (d > T(1e-12) ? d : T(1e-12));
 }
 
+// Philox4x32-10 (Salmon et al., SC 2011): the four 32-bit words for counter (c0..c3) and key (k0, k1),
+// held in 64-bit integers as kernels/numpy/dropout.py holds them, so every backend draws the same bits.
+FASTNN_HD void philox4x32_10(unsigned long long c0, unsigned long long c1, unsigned long long c2,
+                             unsigned long long c3, unsigned long long k0, unsigned long long k1,
+                             unsigned long long* out) {
+  const unsigned long long low = 0xFFFFFFFFull;
+  for (int r = 0; r < 10; ++r) {
+    unsigned long long p0 = 0xD2511F53ull * c0, p1 = 0xCD9E8D57ull * c2;
+    unsigned long long n0 = (p1 >> 32) ^ c1 ^ k0, n1 = p1 & low, n2 = (p0 >> 32) ^ c3 ^ k1, n3 = p0 & low;
+    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+    k0 = (k0 + 0x9E3779B9ull) & low;
+    k1 = (k1 + 0xBB67AE85ull) & low;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
 // torch.optim.SGD (dampening 0) for one element; returns the new parameter, updates *velocity.
 template <typename T> FASTNN_HD T sgd_step(T p, T g, T* velocity, T lr, T momentum, bool nesterov, T weight_decay,
                                            bool first_step) {

@@ -25,9 +25,10 @@ from fastnn.backends.base import KernelSet
 
 from .. import kernel_source
 from ..numpy import activations as reference_activations
+from ..numpy.dropout import threshold_and_scale
 
 KERNELS = ("bias_activation", "activation_forward", "activation_backward", "column_sums", "softmax_xent_labels",
-           "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam")
+           "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam", "dropout")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 BLOCK = 256
@@ -208,6 +209,17 @@ def kernel_set(cupy: Any) -> KernelSet:
                         t(beta2), t(eps), t(l2), t(decay)))
         return param
 
+    def dropout(x, out, seed, step, p):
+        x = contiguous(x)
+        _check(x, out)
+        threshold, scale = threshold_and_scale(p, x.dtype)
+        # seed and step go as the int64 with the same bits (the kernel reads them back as unsigned)
+        bits = [int(np.array(v, np.uint64).view(np.int64)) for v in (seed, step)]
+        kernels.launch("dropout", x.dtype, -(-x.size // 4),
+                       (x, out, np.int64(x.size), np.int64(bits[0]), np.int64(bits[1]), np.int64(threshold),
+                        typed(scale, x.dtype)))
+        return out
+
     return KernelSet(
         forward={name: forward_entry(name) for name in ACTIVATIONS},
         backward={name: backward_entry(name) for name in ACTIVATIONS},
@@ -225,4 +237,5 @@ def kernel_set(cupy: Any) -> KernelSet:
         softmax_cross_entropy=softmax_cross_entropy,
         sgd=sgd,
         adam=adam,
+        dropout=dropout,
     )

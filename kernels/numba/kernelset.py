@@ -15,9 +15,11 @@ from fastnn.activations import ACTIVATIONS
 from fastnn.backends.base import KernelSet
 
 from ..numpy import activations as reference_activations
+from ..numpy import dropout as reference_dropout
 from ..numpy import linear as reference_linear
 from ..numpy import losses as reference_losses
 from ..numpy import optimizers as reference_optimizers
+from . import dropout as jit_dropout
 from . import elementwise, losses, matmul, optimizers
 from .jit import pick
 from .scalar import CODES
@@ -203,6 +205,16 @@ def adam(param, grad, exp_avg, exp_avg_sq, scratch, scratch2, *, step, lr, beta1
     return param
 
 
+def dropout(x, out, seed, step, p):
+    """The Philox mask of ``kernels/numpy/dropout.py``, computed in a JIT loop (bit-identical)."""
+    if not _contiguous(x, out):
+        return reference_dropout.dropout(x, out, seed, step, p)
+    threshold, scale = reference_dropout.threshold_and_scale(p, x.dtype)
+    pick(jit_dropout.dropout, x.size)(x.reshape(-1), out.reshape(-1), np.uint64(seed), np.uint64(step),
+                                      np.uint64(threshold), x.dtype.type(scale))
+    return out
+
+
 NUMBA_KERNELS = KernelSet(
     forward={name: _forward_entry(name) for name in ACTIVATIONS},
     backward={name: _backward_entry(name) for name in ACTIVATIONS},
@@ -219,4 +231,5 @@ NUMBA_KERNELS = KernelSet(
     softmax_cross_entropy=softmax_cross_entropy,
     sgd=sgd,
     adam=adam,
+    dropout=dropout,
 )

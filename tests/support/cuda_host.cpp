@@ -42,6 +42,10 @@ static fastnn_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1
   extern "C" void adam_##S(T* p, const T* g, T* m, T* v, long long n, T ss, T bc2, T b1, T b2, T eps, T l2,    \
                            T decay) {                                                                          \
     adam<T>(p, g, m, v, n, ss, bc2, b1, b2, eps, l2, decay);                                                   \
+  }                                                                                                            \
+  extern "C" void dropout_##S(const T* x, T* y, long long n, long long seed, long long step, long long thr,    \
+                              T scale) {                                                                       \
+    dropout<T>(x, y, n, seed, step, thr, scale);                                                               \
   }
 
 FASTNN_EXPORT(float, float)
