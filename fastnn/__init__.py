@@ -22,6 +22,7 @@ from .layers import (
     Dropout,
     Identity,
     Layer,
+    LayerNorm,
     LeakyReLU,
     Linear,
     ReLU,
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "Dropout",
-    "EarlyStopping", "History", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
+    "EarlyStopping", "History", "LayerNorm", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
     "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
     "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend", "use_backend",
 ]

@@ -6,8 +6,8 @@
 ``nn.Linear`` followed by the activation module. Weights are copied (PyTorch's ``(out, in)``
 layout is fastnn's), in the network's dtype; outputs agree to float rounding.
 
-Supported: ``Linear``, ``Dropout`` (the probability; masks are fastnn's own Philox stream),
-``Identity``, ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``
+Supported: ``Linear``, ``LayerNorm`` (over the last dimension), ``Dropout`` (the probability;
+masks are fastnn's own Philox stream), ``Identity``, ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``
 (``approximate="none"`` or ``"tanh"``), ``SiLU``, ``Softplus`` (``beta=1``; PyTorch's linear
 region above ``threshold=20`` equals fastnn's overflow-free form to float rounding), ``ELU``,
 ``Softmax(dim=-1)``. Anything else raises ``ValueError`` naming the module.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import ACTIVATION_LAYERS, Activation, Dropout, Layer, Linear, Softmax
+from .layers import ACTIVATION_LAYERS, Activation, Dropout, Layer, LayerNorm, Linear, Softmax
 from .network import Network
 
 # PyTorch module class name -> fastnn activation name (parameterless, or the one parameter below)
@@ -75,6 +75,14 @@ def from_torch(module: Any, dtype: Any = None, backend: Any = None) -> Network:
             if part.dim not in (-1, None) and part.dim != 1:
                 raise ValueError(f"module {index} {part!r}: only a softmax over the last dimension is supported")
             layer = Softmax(dtype=dtype, backend=backend)
+        elif isinstance(part, torch.nn.LayerNorm):
+            if len(part.normalized_shape) != 1:
+                raise ValueError(f"module {index} {part!r}: only a LayerNorm over the last dimension is supported")
+            layer = LayerNorm(part.normalized_shape[0], part.eps, part.elementwise_affine, dtype=dtype,
+                              backend=backend)
+            if part.elementwise_affine:
+                layer.params["weight"][...] = layer.backend.asarray(part.weight.detach().cpu().numpy(), layer.dtype)
+                layer.params["bias"][...] = layer.backend.asarray(part.bias.detach().cpu().numpy(), layer.dtype)
         elif isinstance(part, torch.nn.Dropout):
             layer = Dropout(part.p, dtype=dtype, backend=backend)  # a mask stream of its own (Philox)
         elif kind in _TORCH_ACTIVATIONS:
@@ -121,6 +129,13 @@ def to_torch(network: Network) -> Any:
             modules.append(torch.nn.Softmax(dim=-1))
         elif isinstance(layer, Dropout):
             modules.append(torch.nn.Dropout(layer.p))
+        elif isinstance(layer, LayerNorm):
+            norm = torch.nn.LayerNorm(layer.in_features, layer.eps, layer.elementwise_affine, dtype=dtype)
+            if layer.elementwise_affine:
+                with torch.no_grad():
+                    norm.weight.copy_(torch.from_numpy(np.asarray(layer.backend.to_numpy(layer.params["weight"]))))
+                    norm.bias.copy_(torch.from_numpy(np.asarray(layer.backend.to_numpy(layer.params["bias"]))))
+            modules.append(norm)
         elif isinstance(layer, Activation):
             modules.append(_activation_to_torch(torch, layer.activation, layer.alpha))
         else:

@@ -477,7 +477,100 @@ class Dropout(Layer):
         return {"p": self.p, "seed": self.seed, "dtype": self.dtype.name}
 
 
-LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax, Dropout)}
+class LayerNorm(Layer):
+    """PyTorch's ``nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True)`` over the
+    last dimension: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per row of ``x (*, n)``,
+    with the biased variance; ``weight`` (ones) and ``bias`` (zeros) of shape ``(n,)`` live in the
+    network's flat parameter buffer. The backward is one fused pass per row
+    (``Backend.layer_norm_backward``)."""
+
+    kind = "LayerNorm"
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+                 dtype: Any = np.float32, backend: Backend | str | None = None) -> None:
+        super().__init__(dtype, backend)
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        if len(shape) != 1 or not isinstance(shape[0], (int, np.integer)) or isinstance(shape[0], bool) \
+                or shape[0] < 1:
+            raise ValueError(f"LayerNorm normalises the last dimension: normalized_shape must be a positive integer "
+                             f"(or a 1-tuple), got {normalized_shape!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"LayerNorm: eps must be a positive number, got {eps!r}")
+        self.in_features = self.out_features = int(shape[0])
+        self.eps, self.elementwise_affine = float(eps), bool(elementwise_affine)
+        if self.elementwise_affine:
+            for name, fill in (("weight", 1.0), ("bias", 0.0)):
+                self.params[name] = self.backend.asarray(np.full(self.in_features, fill), self.dtype)
+                self.grads[name] = self.backend.zeros(self.in_features, self.dtype)
+        self._x = self._slot = None
+
+    def __repr__(self) -> str:
+        extra = "" if self.elementwise_affine else ", elementwise_affine=False"
+        return f"LayerNorm({self.in_features}{', eps=' + repr(self.eps) if self.eps != 1e-5 else ''}{extra})"
+
+    def _rows(self, x: Any) -> Any:
+        x = self._input(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self!r} expects inputs of shape (*, {self.in_features}), got {x.shape}")
+        if not x.flags.c_contiguous:
+            x = self.backend.xp.ascontiguousarray(x)
+        return x
+
+    def _new_buffers(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
+        """Output, input gradient, and the rows' mean and rstd."""
+        empty = self.backend.empty
+        return (empty(shape, self.dtype), empty(shape, self.dtype), empty(shape[:-1], self.dtype),
+                empty(shape[:-1], self.dtype))
+
+    def _normalise(self, x: Any, buffers: tuple[Any, Any, Any, Any]) -> Any:
+        y, _, mean, rstd = buffers
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+        if rows:
+            self.backend.kernels.layer_norm(x.reshape(rows, -1), self.params.get("weight"), self.params.get("bias"),
+                                            self.eps, y.reshape(rows, -1), mean.reshape(rows), rstd.reshape(rows))
+        return y
+
+    def forward(self, x: Any) -> Any:
+        x = self._rows(x)
+        self._slot = self._workspace.slot(x.shape, self._new_buffers)
+        self._x = x
+        return self._normalise(x, self._slot)
+
+    def infer(self, x: Any) -> Any:
+        x = self._rows(x)
+        return self._normalise(x, self._inference_workspace().slot(x.shape, self._new_buffers))
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        self._require_forward(self._x)
+        _, dx, mean, rstd = self._slot
+        dy = self._check_dy(dy, self._x.shape)
+        if not dy.flags.c_contiguous:
+            dy = self.backend.xp.ascontiguousarray(dy)
+        rows = int(np.prod(self._x.shape[:-1], dtype=np.int64))
+        n = self.in_features
+        if rows:
+            self.backend.kernels.layer_norm_backward(
+                dy.reshape(rows, n), self._x.reshape(rows, n), self.params.get("weight"), mean.reshape(rows),
+                rstd.reshape(rows), dx.reshape(rows, n) if need_input_grad else None, self.grads.get("weight"),
+                self.grads.get("bias"))
+        else:
+            for grad in self.grads.values():
+                grad[...] = 0
+        return dx if need_input_grad else None
+
+    def config(self) -> dict[str, Any]:
+        return {"normalized_shape": self.in_features, "eps": self.eps, "elementwise_affine": self.elementwise_affine,
+                "dtype": self.dtype.name}
+
+    @classmethod
+    def parameter_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        n = config.get("normalized_shape")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"LayerNorm needs a positive integer normalized_shape, got {n!r}")
+        return {"weight": (n,), "bias": (n,)} if config.get("elementwise_affine", True) else {}
+
+
+LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax, Dropout, LayerNorm)}
 
 
 def layer_from_config(kind: str, config: dict[str, Any], backend: Backend | str | None = None) -> Layer:

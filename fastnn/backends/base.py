@@ -56,6 +56,9 @@ class KernelSet:
     - ``mse / bce / bce_with_logits / softmax_cross_entropy(pred, target, grad) -> (value, grad)``.
     - ``dropout(x, out, seed, step, p) -> out``: ``x`` times the Philox4x32-10 mask of
       ``kernels/numpy/dropout.py`` (the same bits on every backend) times ``1 / (1 - p)``.
+    - ``layer_norm(x, weight | None, bias | None, eps, y, mean, rstd) -> y`` on rows ``x (rows, n)``
+      and ``layer_norm_backward(dy, x, weight | None, mean, rstd, dx | None, dweight | None,
+      dbias | None)`` (``kernels/numpy/normalization.py`` states the maths).
     - ``sgd(param, grad, velocity, scratch, *, lr, momentum, nesterov, weight_decay, first_step)``
       and ``adam(param, grad, m, v, scratch, scratch2, *, step, lr, beta1, beta2, eps,
       weight_decay, decoupled)``, updating ``param`` in place.
@@ -77,6 +80,8 @@ class KernelSet:
     sgd: Callable[..., Any]
     adam: Callable[..., Any]
     dropout: Callable[..., Any]
+    layer_norm: Callable[..., Any]
+    layer_norm_backward: Callable[..., Any]
 
     def __post_init__(self) -> None:
         for table in ("forward", "backward"):
@@ -438,6 +443,55 @@ class Backend:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < 2**64:
                 raise ValueError(f"dropout: {name} must be an integer in [0, 2**64), got {value!r}")
         return self.kernels.dropout(x, self._out(out, x.shape, dtype, "dropout"), int(seed), int(step), float(p))
+
+    # --- normalisation ----------------------------------------------------------------------------
+
+    def layer_norm(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5,
+                   out: Any = None) -> tuple[Any, Any, Any]:
+        """``nn.LayerNorm`` over the last axis of ``x (*, n)``: ``(y, mean, rstd)``, ``y`` of
+        ``x``'s shape and the statistics of shape ``x.shape[:-1]`` (what the backward takes)."""
+        x, weight, bias = self._operands(x, weight, bias)
+        dtype = self._float_dtype(x, weight, bias)
+        if x.ndim == 0:
+            raise ValueError("layer_norm: expected x of shape (*, n), got a scalar")
+        n = x.shape[-1]
+        for name, value in (("weight", weight), ("bias", bias)):
+            if value is not None and value.shape != (n,):
+                raise ValueError(f"layer_norm: {name} must have shape ({n},) for x {x.shape}, got {value.shape}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"layer_norm: eps must be a positive number, got {eps!r}")
+        y = self._out(out, x.shape, dtype, "layer_norm")
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+        mean, rstd = self.empty(x.shape[:-1], dtype), self.empty(x.shape[:-1], dtype)
+        if x.size == 0:
+            return y, mean, rstd
+        x2 = x.reshape(rows, n) if x.flags.c_contiguous else self.xp.ascontiguousarray(x).reshape(rows, n)
+        self.kernels.layer_norm(x2, weight, bias, float(eps), y.reshape(rows, n), mean.reshape(rows),
+                                rstd.reshape(rows))
+        return y, mean, rstd
+
+    def layer_norm_backward(self, dy: Any, x: Any, weight: Any, mean: Any, rstd: Any,
+                            affine: bool = True) -> tuple[Any, Any, Any]:
+        """``(dx, dweight, dbias)`` of ``layer_norm`` given ``dy`` and the forward's statistics;
+        the parameter gradients are ``None`` unless ``affine``."""
+        dy, x, weight, mean, rstd = self._operands(dy, x, weight, mean, rstd)
+        dtype = self._float_dtype(dy, x, weight, mean, rstd)
+        if x.ndim == 0 or dy.shape != x.shape or mean.shape != x.shape[:-1] or rstd.shape != x.shape[:-1]:
+            raise ValueError(f"layer_norm backward: dy {dy.shape}, x {x.shape}, mean {mean.shape} and rstd "
+                             f"{rstd.shape} do not fit dy, x (*, n), mean, rstd (*)")
+        n = x.shape[-1]
+        if weight is not None and weight.shape != (n,):
+            raise ValueError(f"layer_norm backward: weight must have shape ({n},), got {weight.shape}")
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+        dx = self.empty(x.shape, dtype)
+        dweight = self.zeros((n,), dtype) if affine else None
+        dbias = self.zeros((n,), dtype) if affine else None
+        if x.size:
+            flat = [a if a.flags.c_contiguous else self.xp.ascontiguousarray(a) for a in (dy, x, mean, rstd)]
+            self.kernels.layer_norm_backward(flat[0].reshape(rows, n), flat[1].reshape(rows, n), weight,
+                                             flat[2].reshape(rows), flat[3].reshape(rows), dx.reshape(rows, n),
+                                             dweight, dbias)
+        return dx, dweight, dbias
 
     # --- optimizers (in place) ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.numpy import activations, dropout, linear, losses, optimizers
+from ..kernels.numpy import activations, dropout, linear, losses, normalization, optimizers
 from .base import Backend, KernelSet
 
 NUMPY_KERNELS = KernelSet(
@@ -24,6 +24,8 @@ NUMPY_KERNELS = KernelSet(
     sgd=optimizers.sgd,
     adam=optimizers.adam,
     dropout=dropout.dropout,
+    layer_norm=normalization.layer_norm,
+    layer_norm_backward=normalization.layer_norm_backward,
 )
 
 

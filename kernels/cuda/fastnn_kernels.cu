@@ -156,6 +156,63 @@ __global__ void dropout(const T* x, T* y, long long n, long long seed, long long
   }
 }
 
+// Layer normalisation over the last axis (kernels/numpy/normalization.py states the maths): one thread
+// per row, double-precision statistics. has_weight / has_bias select the affine terms.
+template <typename T>
+__global__ void layer_norm(const T* x, const T* weight, const T* bias, int has_weight, int has_bias, double eps,
+                           T* y, T* mean, T* rstd, long long rows, long long n) {
+  FASTNN_GRID_STRIDE(i, rows) {
+    const T* row = x + i * n;
+    double s = 0.0, v = 0.0;
+    for (long long j = 0; j < n; ++j) s += (double)row[j];
+    double m = s / (double)n;
+    for (long long j = 0; j < n; ++j) v += ((double)row[j] - m) * ((double)row[j] - m);
+    double r = 1.0 / sqrt(v / (double)n + eps);
+    for (long long j = 0; j < n; ++j) {
+      double out = ((double)row[j] - m) * r;
+      if (has_weight) out *= (double)weight[j];
+      if (has_bias) out += (double)bias[j];
+      y[i * n + j] = (T)out;
+    }
+    mean[i] = (T)m;
+    rstd[i] = (T)r;
+  }
+}
+
+template <typename T>
+__global__ void layer_norm_dx(const T* dy, const T* x, const T* weight, int has_weight, const T* mean,
+                              const T* rstd, T* dx, long long rows, long long n) {
+  FASTNN_GRID_STRIDE(i, rows) {
+    double m = (double)mean[i], r = (double)rstd[i], sum_g = 0.0, sum_gx = 0.0;
+    for (long long j = 0; j < n; ++j) {
+      double g = (double)dy[i * n + j] * (has_weight ? (double)weight[j] : 1.0);
+      sum_g += g;
+      sum_gx += g * ((double)x[i * n + j] - m) * r;
+    }
+    double mean_g = sum_g / (double)n, mean_gx = sum_gx / (double)n;
+    for (long long j = 0; j < n; ++j) {
+      double g = (double)dy[i * n + j] * (has_weight ? (double)weight[j] : 1.0);
+      dx[i * n + j] = (T)(r * (g - mean_g - ((double)x[i * n + j] - m) * r * mean_gx));
+    }
+  }
+}
+
+// dweight[j] = sum_i dy xhat, dbias[j] = sum_i dy: one thread per column, rows in order (deterministic).
+template <typename T>
+__global__ void layer_norm_params(const T* dy, const T* x, const T* mean, const T* rstd, T* dweight, T* dbias,
+                                  long long rows, long long n) {
+  FASTNN_GRID_STRIDE(j, n) {
+    double sw = 0.0, sb = 0.0;
+    for (long long i = 0; i < rows; ++i) {
+      double d = (double)dy[i * n + j];
+      sw += d * ((double)x[i * n + j] - (double)mean[i]) * (double)rstd[i];
+      sb += d;
+    }
+    dweight[j] = (T)sw;
+    dbias[j] = (T)sb;
+  }
+}
+
 #ifdef FASTNN_INSTANTIATE_ALL
 // For ahead-of-time compilation checks (nvcc): instantiate every kernel for float and double.
 #define FASTNN_INSTANTIATE(T)                                                                                  \
@@ -170,7 +227,13 @@ __global__ void dropout(const T* x, T* y, long long n, long long seed, long long
   template __global__ void mse<T>(const T*, const T*, T*, T*, long long, T);                                  \
   template __global__ void sgd<T>(T*, const T*, T*, long long, T, T, int, T, int);                            \
   template __global__ void adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, T, T);                  \
-  template __global__ void dropout<T>(const T*, T*, long long, long long, long long, long long, T);
+  template __global__ void dropout<T>(const T*, T*, long long, long long, long long, long long, T);            \
+  template __global__ void layer_norm<T>(const T*, const T*, const T*, int, int, double, T*, T*, T*, long long, \
+                                         long long);                                                            \
+  template __global__ void layer_norm_dx<T>(const T*, const T*, const T*, int, const T*, const T*, T*, long long, \
+                                            long long);                                                         \
+  template __global__ void layer_norm_params<T>(const T*, const T*, const T*, const T*, T*, T*, long long,      \
+                                                long long);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #endif

@@ -28,7 +28,8 @@ from ..numpy import activations as reference_activations
 from ..numpy.dropout import threshold_and_scale
 
 KERNELS = ("bias_activation", "activation_forward", "activation_backward", "column_sums", "softmax_xent_labels",
-           "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam", "dropout")
+           "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam", "dropout", "layer_norm",
+           "layer_norm_dx", "layer_norm_params")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 BLOCK = 256
@@ -220,6 +221,32 @@ def kernel_set(cupy: Any) -> KernelSet:
                         typed(scale, x.dtype)))
         return out
 
+    def layer_norm(x, weight, bias, eps, y, mean, rstd):
+        x = contiguous(x)
+        _check(x, weight, bias, y, mean, rstd)
+        rows, n = x.shape
+        placeholder = x if weight is None or bias is None else None  # never read when has_* is 0
+        kernels.launch("layer_norm", x.dtype, rows,
+                       (x, placeholder if weight is None else weight, placeholder if bias is None else bias,
+                        np.int32(weight is not None), np.int32(bias is not None), np.float64(eps), y, mean, rstd,
+                        np.int64(rows), np.int64(n)))
+        return y
+
+    def layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias):
+        dy, x = contiguous(dy), contiguous(x)
+        _check(dy, x, weight, mean, rstd, dx, dweight, dbias)
+        rows, n = x.shape
+        if dx is not None:
+            kernels.launch("layer_norm_dx", x.dtype, rows,
+                           (dy, x, x if weight is None else weight, np.int32(weight is not None), mean, rstd, dx,
+                            np.int64(rows), np.int64(n)))
+        if dweight is not None or dbias is not None:
+            spare = kernels.scratch(n, x.dtype)
+            kernels.launch("layer_norm_params", x.dtype, n,
+                           (dy, x, mean, rstd, spare if dweight is None else dweight, spare if dbias is None else dbias,
+                            np.int64(rows), np.int64(n)))
+        return dx, dweight, dbias
+
     return KernelSet(
         forward={name: forward_entry(name) for name in ACTIVATIONS},
         backward={name: backward_entry(name) for name in ACTIVATIONS},
@@ -238,4 +265,6 @@ def kernel_set(cupy: Any) -> KernelSet:
         sgd=sgd,
         adam=adam,
         dropout=dropout,
+        layer_norm=layer_norm,
+        layer_norm_backward=layer_norm_backward,
     )

@@ -18,9 +18,10 @@ from ..numpy import activations as reference_activations
 from ..numpy import dropout as reference_dropout
 from ..numpy import linear as reference_linear
 from ..numpy import losses as reference_losses
+from ..numpy import normalization as reference_normalization
 from ..numpy import optimizers as reference_optimizers
 from . import dropout as jit_dropout
-from . import elementwise, losses, matmul, optimizers
+from . import elementwise, losses, matmul, normalization, optimizers
 from .jit import pick
 from .scalar import CODES
 
@@ -215,6 +216,30 @@ def dropout(x, out, seed, step, p):
     return out
 
 
+def layer_norm(x, weight, bias, eps, y, mean, rstd):
+    if not _contiguous(x, weight, bias, y) or x.shape[0] == 0:
+        return reference_normalization.layer_norm(x, weight, bias, eps, y, mean, rstd)
+    placeholder = np.empty(1, x.dtype)  # writeable, like a real weight: one compiled signature
+    pick(normalization.layer_norm, x.size)(x, placeholder if weight is None else weight,
+                                           placeholder if bias is None else bias, weight is not None,
+                                           bias is not None, float(eps), y, mean, rstd)
+    return y
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias):
+    if not _contiguous(dy, x, weight, dx) or x.shape[0] == 0:
+        return reference_normalization.layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    placeholder = np.empty(1, x.dtype)
+    if dx is not None:
+        pick(normalization.layer_norm_dx, x.size)(dy, x, placeholder if weight is None else weight,
+                                                  weight is not None, mean, rstd, dx)
+    if dweight is not None or dbias is not None:
+        pick(normalization.layer_norm_params, x.size)(dy, x, mean, rstd, placeholder if dweight is None else dweight,
+                                                      placeholder if dbias is None else dbias, dweight is not None,
+                                                      dbias is not None)
+    return dx, dweight, dbias
+
+
 NUMBA_KERNELS = KernelSet(
     forward={name: _forward_entry(name) for name in ACTIVATIONS},
     backward={name: _backward_entry(name) for name in ACTIVATIONS},
@@ -232,4 +257,6 @@ NUMBA_KERNELS = KernelSet(
     sgd=sgd,
     adam=adam,
     dropout=dropout,
+    layer_norm=layer_norm,
+    layer_norm_backward=layer_norm_backward,
 )

@@ -46,6 +46,18 @@ static fastnn_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1
   extern "C" void dropout_##S(const T* x, T* y, long long n, long long seed, long long step, long long thr,    \
                               T scale) {                                                                       \
     dropout<T>(x, y, n, seed, step, thr, scale);                                                               \
+  }                                                                                                            \
+  extern "C" void layer_norm_##S(const T* x, const T* w, const T* b, int hw, int hb, double eps, T* y, T* m,   \
+                                 T* r, long long rows, long long n) {                                          \
+    layer_norm<T>(x, w, b, hw, hb, eps, y, m, r, rows, n);                                                     \
+  }                                                                                                            \
+  extern "C" void layer_norm_dx_##S(const T* dy, const T* x, const T* w, int hw, const T* m, const T* r, T* dx, \
+                                    long long rows, long long n) {                                             \
+    layer_norm_dx<T>(dy, x, w, hw, m, r, dx, rows, n);                                                         \
+  }                                                                                                            \
+  extern "C" void layer_norm_params_##S(const T* dy, const T* x, const T* m, const T* r, T* dw, T* db,         \
+                                        long long rows, long long n) {                                         \
+    layer_norm_params<T>(dy, x, m, r, dw, db, rows, n);                                                        \
   }
 
 FASTNN_EXPORT(float, float)
