@@ -19,6 +19,7 @@ from .layers import (
     ELU,
     GELU,
     Activation,
+    BatchNorm1d,
     Dropout,
     Identity,
     Layer,
@@ -39,7 +40,7 @@ from .training import History
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "Dropout",
+    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "BatchNorm1d", "Dropout",
     "EarlyStopping", "History", "LayerNorm", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
     "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
     "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend", "use_backend",

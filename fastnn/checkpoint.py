@@ -4,7 +4,8 @@ Layout (format version 1):
 
 - ``fastnn_format``: the string ``"fastnn-checkpoint"``; ``format_version``: 1.
 - ``architecture``: JSON ``[{"kind": "Linear", "config": {...}}, ...]``.
-- ``params/{layer index}/{name}``: one array per parameter, in the layer's dtype.
+- ``params/{layer index}/{name}``: one array per parameter, in the layer's dtype;
+  ``buffers/{layer index}/{name}``: state saved but not trained (BatchNorm's running statistics).
 - Written by ``fit(checkpoint=...)`` only: ``training``, JSON with the epoch reached, the shuffling
   generator's state, the history so far, the optimizer's kind, hyperparameters and step count,
   and the schedule and early-stopping configuration and state; ``optimizer/{name}``: the
@@ -56,6 +57,8 @@ def save(network: Any, path: str | os.PathLike, training: dict[str, Any] | None 
     architecture = architecture_of(network)
     arrays = {f"params/{i}/{name}": network.backend.to_numpy(value)
               for i, layer in enumerate(network.layers) for name, value in layer.params.items()}
+    arrays.update({f"buffers/{i}/{name}": network.backend.to_numpy(value)
+                   for i, layer in enumerate(network.layers) for name, value in layer.buffers.items()})
     arrays.update({f"optimizer/{name}": value for name, value in (optimizer_buffers or {}).items()})
     arrays.update({f"training/{name}": value for name, value in (training_arrays or {}).items()})
     texts = [architecture] + ([json.dumps(training)] if training is not None else [])
@@ -122,7 +125,8 @@ def _verified(path: str) -> tuple[dict[str, np.ndarray], list[Any], dict[str, An
         digest = str(data["digest"])
     except (KeyError, ValueError) as exc:
         raise fail(f"unreadable architecture or training state ({exc})") from None
-    arrays = {key: value for key, value in data.items() if key.startswith(("params/", "optimizer/", "training/"))}
+    arrays = {key: value for key, value in data.items()
+              if key.startswith(("params/", "buffers/", "optimizer/", "training/"))}
     if _digest(texts, arrays) != digest:
         raise fail("its contents do not match their recorded digest (the file was altered or damaged)")
     if not isinstance(layers_spec, list):
@@ -157,11 +161,15 @@ def _check_declared_shapes(layers_spec: list[Any], arrays: dict[str, np.ndarray]
     built: a small file cannot make ``load`` allocate what its arrays do not hold."""
     for index, spec in enumerate(layers_spec):
         try:
-            shapes = LAYER_KINDS[spec["kind"]].parameter_shapes(spec["config"])
+            cls = LAYER_KINDS[spec["kind"]]
+            shapes = {f"params/{index}/{name}": shape for name, shape in cls.parameter_shapes(spec["config"]).items()}
+            buffers = cls.buffer_shapes(spec["config"])
+            shapes.update({f"buffers/{index}/{name}": shape for name, shape in buffers.items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"layer {index} cannot be rebuilt ({type(exc).__name__}: {exc})") from None
-        for name, shape in shapes.items():
-            stored = arrays.get(f"params/{index}/{name}")
+        for key, shape in shapes.items():
+            name = key.rsplit("/", 1)[1]
+            stored = arrays.get(key)
             if stored is None or stored.shape != shape:
                 raise fail(f"layer {index} ({spec['kind']}) declares parameter {name!r} of shape {shape}, but "
                            f"the file holds {'none' if stored is None else stored.shape}")
@@ -180,7 +188,15 @@ def _load_parameters(network: Any, arrays: dict[str, np.ndarray], fail) -> None:
                 raise fail(f"parameter {key} has shape {stored.shape} and dtype {stored.dtype}, "
                            f"expected {current.shape} and {current.dtype}")
             current[...] = layer.backend.asarray(stored)
-    unexpected = {key for key in arrays if key.startswith("params/")} - expected
+    for index, layer in enumerate(network.layers):
+        for name, current in layer.buffers.items():
+            key = f"buffers/{index}/{name}"
+            expected.add(key)
+            stored = arrays.get(key)
+            if stored is None or stored.shape != current.shape or stored.dtype != current.dtype:
+                raise fail(f"buffer {key} is missing or has the wrong shape or dtype")
+            current[...] = layer.backend.asarray(stored)
+    unexpected = {key for key in arrays if key.startswith(("params/", "buffers/"))} - expected
     if unexpected:
         raise fail(f"unexpected arrays {sorted(unexpected)}")
 

@@ -6,7 +6,8 @@
 ``nn.Linear`` followed by the activation module. Weights are copied (PyTorch's ``(out, in)``
 layout is fastnn's), in the network's dtype; outputs agree to float rounding.
 
-Supported: ``Linear``, ``LayerNorm`` (over the last dimension), ``Dropout`` (the probability;
+Supported: ``Linear``, ``LayerNorm`` (over the last dimension), ``BatchNorm1d`` (with its running
+statistics), ``Dropout`` (the probability;
 masks are fastnn's own Philox stream), ``Identity``, ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``
 (``approximate="none"`` or ``"tanh"``), ``SiLU``, ``Softplus`` (``beta=1``; PyTorch's linear
 region above ``threshold=20`` equals fastnn's overflow-free form to float rounding), ``ELU``,
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import ACTIVATION_LAYERS, Activation, Dropout, Layer, LayerNorm, Linear, Softmax
+from .layers import ACTIVATION_LAYERS, Activation, BatchNorm1d, Dropout, Layer, LayerNorm, Linear, Softmax
 from .network import Network
 
 # PyTorch module class name -> fastnn activation name (parameterless, or the one parameter below)
@@ -83,6 +84,14 @@ def from_torch(module: Any, dtype: Any = None, backend: Any = None) -> Network:
             if part.elementwise_affine:
                 layer.params["weight"][...] = layer.backend.asarray(part.weight.detach().cpu().numpy(), layer.dtype)
                 layer.params["bias"][...] = layer.backend.asarray(part.bias.detach().cpu().numpy(), layer.dtype)
+        elif isinstance(part, torch.nn.BatchNorm1d):
+            if part.momentum is None:
+                raise ValueError(f"module {index} {part!r}: momentum=None (a cumulative average) is not supported")
+            layer = BatchNorm1d(part.num_features, part.eps, part.momentum, part.affine, part.track_running_stats,
+                                dtype=dtype, backend=backend)
+            for name, tensor in (*part.named_parameters(), *part.named_buffers()):
+                store = layer.params if name in layer.params else layer.buffers
+                store[name][...] = layer.backend.asarray(tensor.detach().cpu().numpy(), store[name].dtype)
         elif isinstance(part, torch.nn.Dropout):
             layer = Dropout(part.p, dtype=dtype, backend=backend)  # a mask stream of its own (Philox)
         elif kind in _TORCH_ACTIVATIONS:
@@ -129,6 +138,12 @@ def to_torch(network: Network) -> Any:
             modules.append(torch.nn.Softmax(dim=-1))
         elif isinstance(layer, Dropout):
             modules.append(torch.nn.Dropout(layer.p))
+        elif isinstance(layer, BatchNorm1d):
+            norm = torch.nn.BatchNorm1d(layer.in_features, layer.eps, layer.momentum, layer.affine,
+                                        layer.track_running_stats, dtype=dtype)
+            norm.load_state_dict({name: torch.from_numpy(np.array(layer.backend.to_numpy(value)))
+                                  for name, value in (*layer.params.items(), *layer.buffers.items())})
+            modules.append(norm)
         elif isinstance(layer, LayerNorm):
             norm = torch.nn.LayerNorm(layer.in_features, layer.eps, layer.elementwise_affine, dtype=dtype)
             if layer.elementwise_affine:

@@ -54,6 +54,8 @@ class Layer:
         self.backend: Backend = get_backend() if backend is None else backend_for(backend)
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
+        # state that is saved but not trained (BatchNorm's running statistics)
+        self.buffers: dict[str, Any] = {}
         self._workspace = Workspace()
         self._per_thread = threading.local()  # inference workspaces, one set per thread
         self.training = True  # Network.train() / eval() switch it; only stochastic layers care
@@ -117,14 +119,19 @@ class Layer:
         (a checkpoint's arrays are checked against these before any memory is allocated)."""
         return {}
 
+    @classmethod
+    def buffer_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shape of each buffer (saved, not trained) a layer built from ``config`` has."""
+        return {}
+
     def to(self, backend: Backend | str) -> Layer:
         """Move parameters to another backend (in place; returns ``self``)."""
         from .backends import backend_for
 
         target = backend_for(backend)
-        for store in (self.params, self.grads):
+        for store in (self.params, self.grads, self.buffers):
             for name, value in store.items():
-                store[name] = target.asarray(self.backend.to_numpy(value), self.dtype)
+                store[name] = target.asarray(self.backend.to_numpy(value), value.dtype)
         self.backend = target
         self._workspace = Workspace()
         self._per_thread = threading.local()
@@ -570,7 +577,147 @@ class LayerNorm(Layer):
         return {"weight": (n,), "bias": (n,)} if config.get("elementwise_affine", True) else {}
 
 
-LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax, Dropout, LayerNorm)}
+class BatchNorm1d(Layer):
+    """PyTorch's ``nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
+    track_running_stats=True)`` on ``x (N, C)``.
+
+    Training: each feature normalised by the batch's mean and biased variance (the statistics
+    come from the layer-norm kernels run on the transposed batch), then ``* weight + bias``; the
+    running estimates move by ``momentum`` towards the batch mean and the *unbiased* variance, as
+    PyTorch's do, and ``num_batches_tracked`` counts. Evaluation (``eval()``, and always in
+    ``infer``: ``predict``, ``evaluate``): the running estimates, where tracked. The running
+    statistics are buffers: saved with the network and in checkpoints, in ``state_dict`` under
+    PyTorch's names. A batch of one sample cannot be normalised in training (``ValueError``, as in
+    PyTorch). The whole-step Numba trainer does not take it (the per-layer path does)."""
+
+    kind = "BatchNorm1d"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype: Any = np.float32,
+                 backend: Backend | str | None = None) -> None:
+        super().__init__(dtype, backend)
+        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f"BatchNorm1d: num_features must be a positive integer, got {num_features!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"BatchNorm1d: eps must be a positive number, got {eps!r}")
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+            raise ValueError(f"BatchNorm1d: momentum must be a number in [0, 1], got {momentum!r}")
+        self.in_features = self.out_features = int(num_features)
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        n = self.in_features
+        if self.affine:
+            for name, fill in (("weight", 1.0), ("bias", 0.0)):
+                self.params[name] = self.backend.asarray(np.full(n, fill), self.dtype)
+                self.grads[name] = self.backend.zeros(n, self.dtype)
+        if self.track_running_stats:
+            self.buffers = {"running_mean": self.backend.asarray(np.zeros(n), self.dtype),
+                            "running_var": self.backend.asarray(np.ones(n), self.dtype),
+                            "num_batches_tracked": self.backend.asarray(np.zeros((), np.int64))}
+        self._cache: tuple[Any, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"BatchNorm1d({self.in_features})"
+
+    def _checked(self, x: Any) -> Any:
+        x = self._input(x)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects inputs of shape (N, {self.in_features}), got {x.shape}")
+        return x
+
+    def _affine(self, xhat: Any) -> Any:
+        if not self.affine:
+            return xhat
+        return xhat * self.params["weight"] + self.params["bias"]
+
+    def _batch_statistics(self, x: Any) -> tuple[Any, Any, Any, Any]:
+        """``(xhat, xt, mean, rstd)``: the batch normalised per feature, via the layer-norm
+        kernel on the transposed batch (features as rows)."""
+        xp, kernels = self.backend.xp, self.backend.kernels
+        xt = xp.ascontiguousarray(x.T)
+        yt = self.backend.empty(xt.shape, self.dtype)
+        mean, rstd = self.backend.empty(self.in_features, self.dtype), self.backend.empty(self.in_features, self.dtype)
+        kernels.layer_norm(xt, None, None, self.eps, yt, mean, rstd)
+        return yt.T, xt, mean, rstd
+
+    def _running(self, x: Any) -> tuple[Any, Any]:
+        xp = self.backend.xp
+        rstd = (1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)).astype(self.dtype)
+        return (x - self.buffers["running_mean"]) * rstd, rstd
+
+    def forward(self, x: Any) -> Any:
+        x = self._checked(x)
+        if self.training or not self.track_running_stats:
+            if self.training and x.shape[0] < 2:
+                raise ValueError(f"{self!r}: expected more than 1 sample per feature when training, got input "
+                                 f"of shape {x.shape}")
+            xhat, xt, mean, rstd = self._batch_statistics(x)
+            if self.training and self.track_running_stats:
+                centred = x.astype(np.float64) - mean.astype(np.float64)
+                self._cache_variance = (centred * centred).mean(axis=0)  # biased, in float64
+                self._update_running(x.shape[0], mean, rstd)
+            self._cache = ("batch", xhat, xt, mean, rstd)
+        else:
+            xhat, rstd = self._running(x)
+            self._cache = ("running", xhat, rstd)
+        return self._affine(xhat)
+
+    def _update_running(self, n: int, mean: Any, rstd: Any) -> None:
+        """PyTorch's update: running = (1 - momentum) running + momentum stat, with the unbiased
+        variance (the batch's biased one times n / (n - 1))."""
+        m = self.momentum
+        variance = self._cache_variance * (n / (n - 1))
+        self.buffers["running_mean"][...] = (1 - m) * self.buffers["running_mean"] + m * mean
+        self.buffers["running_var"][...] = (1 - m) * self.buffers["running_var"] + m * variance
+        self.buffers["num_batches_tracked"][...] = self.buffers["num_batches_tracked"] + 1
+
+    def infer(self, x: Any) -> Any:
+        x = self._checked(x)
+        if self.track_running_stats:
+            return self._affine(self._running(x)[0])
+        return self._affine(self._batch_statistics(x)[0])
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        self._require_forward(self._cache)
+        xhat = self._cache[1]
+        dy = self._check_dy(dy, xhat.shape)
+        if self.affine:
+            self.grads["weight"][...] = (dy * xhat).sum(axis=0)
+            self.grads["bias"][...] = dy.sum(axis=0)
+        if not need_input_grad:
+            return None
+        g = dy * self.params["weight"] if self.affine else dy
+        if self._cache[0] == "running":  # the statistics are constants here
+            return g * self._cache[2]
+        _, _, xt, mean, rstd = self._cache
+        gt = self.backend.xp.ascontiguousarray(g.T)
+        dxt = self.backend.empty(gt.shape, self.dtype)
+        self.backend.kernels.layer_norm_backward(gt, xt, None, mean, rstd, dxt, None, None)
+        return dxt.T
+
+    def config(self) -> dict[str, Any]:
+        return {"num_features": self.in_features, "eps": self.eps, "momentum": self.momentum, "affine": self.affine,
+                "track_running_stats": self.track_running_stats, "dtype": self.dtype.name}
+
+    @classmethod
+    def parameter_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        n = config.get("num_features")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"BatchNorm1d needs a positive integer num_features, got {n!r}")
+        return {"weight": (n,), "bias": (n,)} if config.get("affine", True) else {}
+
+    @classmethod
+    def buffer_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        n = config.get("num_features")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"BatchNorm1d needs a positive integer num_features, got {n!r}")
+        if not config.get("track_running_stats", True):
+            return {}
+        return {"running_mean": (n,), "running_var": (n,), "num_batches_tracked": ()}
+
+
+LAYER_KINDS: dict[str, type[Layer]] = {cls.kind: cls for cls in (Linear, Activation, Softmax, Dropout, LayerNorm,
+                                                                  BatchNorm1d)}
 
 
 def layer_from_config(kind: str, config: dict[str, Any], backend: Backend | str | None = None) -> Layer:

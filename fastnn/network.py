@@ -119,15 +119,20 @@ class Network:
         """Every parameter as a host NumPy copy under PyTorch's key names (``"0.weight"``,
         ``"0.bias"``, ``"2.weight"``, ...: the layer's index in the network, then the name), so a
         network built layer for layer like a ``torch.nn.Sequential`` exchanges weights with it."""
-        return {key: np.array(self.backend.to_numpy(value), copy=True)
-                for key, value in self.named_parameters().items()}
+        return {key: np.array(self.backend.to_numpy(value), copy=True) for key, value in self._named_state().items()}
+
+    def _named_state(self) -> dict[str, Any]:
+        """Parameters then buffers of each layer, in PyTorch's order and names."""
+        self.flat_parameters()
+        return {f"{i}.{name}": value for i, layer in enumerate(self.layers)
+                for name, value in (*layer.params.items(), *layer.buffers.items())}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Copy parameters in from ``state`` (``state_dict()``'s form; values may be NumPy, CuPy
         or PyTorch arrays, converted to the network's dtype). Every key is checked before anything
         is copied: a missing or unexpected key (with ``strict``) or a wrong shape raises
         ``ValueError`` naming it, and the network is left unchanged."""
-        mine = self.named_parameters()
+        mine = self._named_state()
         missing = [key for key in mine if key not in state]
         unexpected = [key for key in state if key not in mine]
         if strict and (missing or unexpected):
@@ -140,7 +145,7 @@ class Network:
             value = state[key]
             if hasattr(value, "detach") and hasattr(value, "cpu"):  # a PyTorch tensor, on any device
                 value = value.detach().cpu().numpy()
-            value = self.backend.asarray(value, self.dtype)
+            value = self.backend.asarray(value, mine[key].dtype)
             if value.shape != mine[key].shape:
                 raise ValueError(f"load_state_dict: {key!r} has shape {tuple(value.shape)}, this network's "
                                  f"{tuple(mine[key].shape)}")
