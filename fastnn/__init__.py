@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import datasets, init, interop, losses, plots, schedules
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend, set_backend, use_backend
+from .backends.base import to_dlpack
 from .early_stopping import EarlyStopping
 from .errors import BackendUnavailable
 from .gradcheck import gradcheck
@@ -40,8 +41,9 @@ from .training import History
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "ELU", "GELU", "SGD", "Activation", "Adam", "AdamW", "BackendUnavailable", "BatchNorm1d", "Dropout",
-    "EarlyStopping", "History", "LayerNorm", "Identity", "Layer", "LeakyReLU", "Linear", "Network", "Optimizer", "ReLU",
-    "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends", "datasets",
-    "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend", "use_backend",
+    "ACTIVATIONS", "Activation", "Adam", "AdamW", "BackendUnavailable", "BatchNorm1d", "Dropout", "ELU",
+    "EarlyStopping", "GELU", "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Linear", "Network",
+    "Optimizer", "ReLU", "SGD", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends",
+    "datasets", "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend",
+    "to_dlpack", "use_backend",
 ]

@@ -86,3 +86,28 @@ def test_unsupported_modules_are_named():
         fastnn.interop.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Flatten()))
     with pytest.raises(ValueError, match="only beta=1"):
         fastnn.interop.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Softplus(beta=2)))
+
+
+# --- arrays across libraries through DLPack -------------------------------------------------------
+
+@needs_torch
+def test_torch_tensors_come_in_and_results_go_out_without_copies():
+    net = _net("numpy")
+    X = torch.randn(7, 5, dtype=torch.float64)
+    backend = net.backend
+    assert np.shares_memory(backend.asarray(X), X.numpy())  # in: a view through DLPack
+    np.testing.assert_array_equal(net.predict(X), net.predict(X.numpy()))
+    out = net.predict(X)
+    shared = torch.from_dlpack(out)  # out: the result is a NumPy array, which speaks DLPack
+    assert np.shares_memory(shared.numpy(), out)
+    legacy = torch.utils.dlpack.from_dlpack(fastnn.to_dlpack(out))
+    assert np.shares_memory(legacy.numpy(), out)
+    X32 = torch.randn(3, 5)  # float32 into a float64 network: converted (a copy, as it must be)
+    np.testing.assert_allclose(net.predict(X32), net.predict(X32.numpy().astype(np.float64)))
+
+
+def test_jax_arrays_come_in_through_dlpack():
+    jnp = pytest.importorskip("jax.numpy", reason="JAX is optional: pip install jax")
+    net = _net("numpy")
+    X = jnp.linspace(-1.0, 1.0, 35, dtype=jnp.float32).reshape(7, 5)
+    np.testing.assert_allclose(net.predict(X), net.predict(np.asarray(X)), rtol=1e-12)

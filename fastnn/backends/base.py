@@ -90,6 +90,23 @@ class KernelSet:
                 raise TypeError(f"KernelSet.{table} lacks activations {sorted(missing)}")
 
 
+def _from_dlpack(xp: ModuleType, x: Any) -> Any:
+    """``x`` viewed as an ``xp`` array through DLPack where it offers the protocol on a device
+    ``xp`` can read (zero copy); otherwise ``x`` unchanged, for ``xp.asarray`` to convert."""
+    if isinstance(x, xp.ndarray) or not hasattr(x, "__dlpack__") or not hasattr(x, "__dlpack_device__"):
+        return x
+    try:
+        return xp.from_dlpack(x)
+    except (BufferError, TypeError, ValueError, RuntimeError):  # another device, a tensor needing grad, ...
+        return x
+
+
+def to_dlpack(x: Any) -> Any:
+    """A DLPack capsule of ``x`` (a fastnn result: a NumPy or CuPy array) for libraries that still
+    take capsules; newer ones take the array itself: ``torch.from_dlpack(net.predict(X))``."""
+    return x.__dlpack__()
+
+
 def _dtype_name(x: Any) -> str:
     return str(getattr(x, "dtype", type(x).__name__))
 
@@ -142,8 +159,10 @@ class Backend:
     # --- arrays --------------------------------------------------------------------------------
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
-        """``x`` as this backend's array (no copy when it already is one of that dtype)."""
-        return self.xp.asarray(x, dtype=dtype)
+        """``x`` as this backend's array (no copy when it already is one of that dtype). Arrays of
+        other libraries on this backend's device (PyTorch, JAX, CuPy, ...) come in through
+        DLPack, without a copy where the dtype already fits."""
+        return self.xp.asarray(_from_dlpack(self.xp, x), dtype=dtype)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         """``x`` as a NumPy array on the host."""

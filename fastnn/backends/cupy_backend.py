@@ -22,8 +22,6 @@ class CupyBackend(Backend):
         self.xp = cupy
         self.kernels = kernel_set(cupy)
 
-    def asarray(self, x: Any, dtype: Any = None) -> Any:
-        return self.xp.asarray(x, dtype=dtype)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return self.xp.asnumpy(x)
