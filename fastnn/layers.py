@@ -484,6 +484,14 @@ class Dropout(Layer):
         return {"p": self.p, "seed": self.seed, "dtype": self.dtype.name}
 
 
+def _config_size(config: dict[str, Any], key: str, kind: str) -> int:
+    """A feature count from a saved config, checked before anything is allocated for it."""
+    n = config.get(key)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{kind} needs a positive integer {key}, got {n!r}")
+    return n
+
+
 class LayerNorm(Layer):
     """PyTorch's ``nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True)`` over the
     last dimension: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per row of ``x (*, n)``,
@@ -571,9 +579,7 @@ class LayerNorm(Layer):
 
     @classmethod
     def parameter_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        n = config.get("normalized_shape")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"LayerNorm needs a positive integer normalized_shape, got {n!r}")
+        n = _config_size(config, "normalized_shape", cls.kind)
         return {"weight": (n,), "bias": (n,)} if config.get("elementwise_affine", True) else {}
 
 
@@ -701,16 +707,12 @@ class BatchNorm1d(Layer):
 
     @classmethod
     def parameter_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        n = config.get("num_features")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"BatchNorm1d needs a positive integer num_features, got {n!r}")
+        n = _config_size(config, "num_features", cls.kind)
         return {"weight": (n,), "bias": (n,)} if config.get("affine", True) else {}
 
     @classmethod
     def buffer_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        n = config.get("num_features")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"BatchNorm1d needs a positive integer num_features, got {n!r}")
+        n = _config_size(config, "num_features", cls.kind)
         if not config.get("track_running_stats", True):
             return {}
         return {"running_mean": (n,), "running_var": (n,), "num_batches_tracked": ()}
