@@ -195,35 +195,25 @@ def _plot_paths(args: argparse.Namespace) -> tuple[str, str]:
 
 def warmup(args: argparse.Namespace) -> int:
     """Run every kernel of the backend once per dtype in each of its builds, so that compilation
-    happens now rather than inside the first training step."""
-    from .activations import ACTIVATIONS
+    happens now rather than inside the first training step; one line per stage as it is done."""
+    from . import Linear, Network
     from .backends import backend_for
+    from .optimizers import SGD, Adam
 
     backend = backend_for(args.backend or default_backend_name())
     started = time.perf_counter()
-    for _ in backend.kernel_builds():
+    print(f"backend {backend.name!r}: running every kernel once per build and dtype"
+          + (" (compiling what is not in the cache: minutes the first time)" if backend.compiles else ""), flush=True)
+
+    def done(what: str) -> None:
+        print(f"  {what} ready ({time.perf_counter() - started:.1f} s)", flush=True)
+
+    for build in backend.kernel_builds():
         for dtype in (np.float32, np.float64):
-            x = backend.asarray(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6))
-            w = backend.asarray(np.ones((3, 6), dtype=dtype))
-            b = backend.asarray(np.zeros(3, dtype=dtype))
-            for name in ACTIVATIONS:
-                z, y = backend.linear_forward(x, w, b, name)
-                backend.activation_backward(name, y, z, y)
-                backend.activation(name, x)
-            backend.linear_backward(x, w, z)
-            backend.softmax_cross_entropy(z, backend.asarray(np.array([0, 1, 2, 0])))
-            backend.softmax_cross_entropy(z, backend.asarray(np.full((4, 3), 1 / 3, dtype=dtype)))
-            probs = backend.asarray(np.full((4, 3), 0.5, dtype=dtype))
-            for loss in ("mse", "bce", "bce_with_logits"):
-                getattr(backend, loss)(probs, probs)
-            flat = [backend.asarray(np.zeros(8, dtype=dtype)) for _ in range(6)]
-            backend.sgd_update(*flat[:4], lr=0.1, momentum=0.9)
-            backend.adam_update(*flat, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+            _run_every_kernel(backend, dtype)
+            done(f"{build} {np.dtype(dtype).name} kernels")
     # a short fit per dtype and optimizer rule: a backend that runs whole steps in one kernel
     # (numba's dense_trainer) compiles that kernel too
-    from . import Linear, Network
-    from .optimizers import SGD, Adam
-
     labels = np.array([0, 1, 2, 0])
     for dtype in (np.float32, np.float64):
         for optimizer in (SGD(0.1), Adam(0.01)):
@@ -231,9 +221,36 @@ def warmup(args: argparse.Namespace) -> int:
                            Linear(3, 3, dtype=dtype, backend=backend)])
             net.fit(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6), labels, "cross_entropy", optimizer,
                     epochs=1, batch_size=4, progress=False)
+            done(f"whole training step, {np.dtype(dtype).name}, {type(optimizer).__name__}")
     print(f"backend {backend.name!r}: every kernel is compiled or loaded from the cache "
           f"({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _run_every_kernel(backend: Any, dtype: Any) -> None:
+    """Each entry point of the kernel contract once, on tiny arrays of ``dtype``."""
+    from .activations import ACTIVATIONS
+
+    x = backend.asarray(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6))
+    w = backend.asarray(np.ones((3, 6), dtype=dtype))
+    b = backend.asarray(np.zeros(3, dtype=dtype))
+    for name in ACTIVATIONS:
+        z, y = backend.linear_forward(x, w, b, name)
+        backend.activation_backward(name, y, z, y)
+        backend.activation(name, x)
+    backend.linear_backward(x, w, z)
+    backend.softmax_cross_entropy(z, backend.asarray(np.array([0, 1, 2, 0])))
+    backend.softmax_cross_entropy(z, backend.asarray(np.full((4, 3), 1 / 3, dtype=dtype)))
+    probs = backend.asarray(np.full((4, 3), 0.5, dtype=dtype))
+    for loss in ("mse", "bce", "bce_with_logits"):
+        getattr(backend, loss)(probs, probs)
+    flat = [backend.asarray(np.zeros(8, dtype=dtype)) for _ in range(6)]
+    backend.sgd_update(*flat[:4], lr=0.1, momentum=0.9)
+    backend.adam_update(*flat, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    backend.dropout(x, 0.5, seed=0, step=0)
+    ones = backend.asarray(np.ones(6, dtype=dtype))
+    y, mean, rstd = backend.layer_norm(x, ones, ones)
+    backend.layer_norm_backward(y, x, ones, mean, rstd)
 
 
 def bench(args: argparse.Namespace) -> int:

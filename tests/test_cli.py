@@ -53,7 +53,10 @@ def test_console_script_is_installed():
 def test_warmup_compiles_every_kernel_ahead_of_time(capsys):
     for name in [n for n, why in fastnn.available_backends().items() if why is None]:
         assert main(["warmup", "--backend", name]) == 0
-        assert f"backend {name!r}: every kernel is compiled" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"backend {name!r}: every kernel is compiled" in out
+        # progress as it goes: one line per build and dtype, and per whole-step variant
+        assert "float32 kernels ready (" in out and "whole training step, float64, Adam ready (" in out
     if fastnn.available_backends()["numba"] is None:
         from fastnn.kernels.numba import elementwise, jit
 
