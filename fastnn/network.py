@@ -127,6 +127,18 @@ class Network:
         return {f"{i}.{name}": value for i, layer in enumerate(self.layers)
                 for name, value in (*layer.params.items(), *layer.buffers.items())}
 
+    def named_buffers(self) -> dict[str, Any]:
+        """``"{layer index}.{name}" -> array`` for every buffer (state saved but not trained, such
+        as BatchNorm's running statistics), in layer order."""
+        return {f"{i}.{name}": value for i, layer in enumerate(self.layers) for name, value in layer.buffers.items()}
+
+    def _copy_buffers(self) -> dict[str, Any]:
+        return {key: value.copy() for key, value in self.named_buffers().items()}
+
+    def _restore_buffers(self, saved: dict[str, Any]) -> None:
+        for key, value in self.named_buffers().items():
+            value[...] = saved[key]
+
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Copy parameters in from ``state`` (``state_dict()``'s form; values may be NumPy, CuPy
         or PyTorch arrays, converted to the network's dtype). Every key is checked before anything

@@ -257,7 +257,7 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
                 if extras.schedule is not None:
                     record["lr"] = run.optimizer.current_lr
                 history.epochs.append(record)
-                stop = extras.end_epoch(epoch, record, params, history)
+                stop = extras.end_epoch(epoch, record, network, history)
                 if on_epoch is not None:
                     on_epoch(epoch, record)
                 if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs or stop):
@@ -312,12 +312,13 @@ class _Extras:
         norm = xp.sqrt(xp.dot(grads, grads))
         grads *= xp.minimum(self.clip / (norm + 1e-6), 1.0).astype(grads.dtype)
 
-    def end_epoch(self, epoch: int, record: dict[str, float], params: Any, history: History) -> bool:
+    def end_epoch(self, epoch: int, record: dict[str, float], network: Any, history: History) -> bool:
         """Early stopping's verdict on the epoch; on a stop, restore the best and say so."""
         es = self.early_stopping
-        if es is None or not es.update(epoch, record, params):
+        params, _ = network.flat_parameters()
+        if es is None or not es.update(epoch, record, params, network.named_buffers()):
             return False
-        es.restore(params)
+        es.restore(params, network.named_buffers())
         history.stopped_early, history.best_epoch = True, es.best_epoch
         return True
 
@@ -330,6 +331,8 @@ class _Extras:
             state["early_stopping"] = {"config": es.config(), **es.state()}
             if es.best_parameters is not None:
                 arrays["early_stopping_best"] = np.asarray(backend.to_numpy(es.best_parameters))
+                arrays.update({f"early_stopping_buffer/{key}": np.asarray(backend.to_numpy(value))
+                               for key, value in es.best_buffers.items()})
         return state, arrays
 
     def load(self, training: dict[str, Any], backend: Any, path: str) -> None:
@@ -344,8 +347,12 @@ class _Extras:
             theirs, ours = None if stored is None else stored["config"], None if es is None else es.config()
             raise ValueError(f"cannot resume from {path!r}: it was trained with early stopping {theirs}, not {ours}")
         if es is not None:
-            best = training["arrays"].get("early_stopping_best")
-            es.load_state(stored, None if best is None else backend.asarray(best))
+            arrays = training["arrays"]
+            best = arrays.get("early_stopping_best")
+            prefix = "early_stopping_buffer/"
+            buffers = {key[len(prefix):]: backend.asarray(value) for key, value in arrays.items()
+                       if key.startswith(prefix)}
+            es.load_state(stored, None if best is None else backend.asarray(best), buffers)
 
 
 class _Run:
@@ -549,13 +556,13 @@ def _fused_epoch(trainer: Any, network: Any, X: Any, target: Any, order: Any, ep
 def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size: int) -> float:
     """Run one full training step on the first batch and undo it, so that a JIT backend compiles
     (or loads from its cache) every kernel before anything is timed; returns the seconds taken.
-    The network's parameters are restored exactly and the optimizer starts afresh."""
+    The network's parameters and buffers are restored exactly and the optimizer starts afresh."""
     loss = _losses.get(loss)
     optimizer = _optimizers.get(optimizer)
     X, target = prepare(network, X, y, loss)
     batch_size = min(check_batch_size(batch_size), X.shape[0])
     params, _ = network.flat_parameters()
-    saved = params.copy()
+    saved, saved_buffers = params.copy(), network._copy_buffers()
     started = time.perf_counter()
     out = network._forward(X[:batch_size])
     _, grad = loss.compute(network.backend, out, target[:batch_size])
@@ -570,6 +577,7 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
                     optimizer, optimizer.bind(network), grads, backend.empty(params.shape, params.dtype),
                     backend.empty(1, np.float64), backend.empty(1, np.float64))
     params[...] = saved
+    network._restore_buffers(saved_buffers)  # BatchNorm's running statistics moved in the forward
     optimizer._owner = None  # the next step starts a fresh state
     return time.perf_counter() - started
 

@@ -124,3 +124,26 @@ def test_running_statistics_are_saved_and_resumed(backend, tmp_path):
     assert int(loaded.layers[1].buffers["num_batches_tracked"]) == 12
     np.testing.assert_array_equal(backend.to_numpy(loaded.predict(X)), backend.to_numpy(whole.predict(X)))
     assert list(whole.state_dict())[4:7] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+
+
+def test_warm_up_and_early_stopping_restore_the_running_statistics_too(backend):
+    """warm_up undid its step's parameters but left BatchNorm's running statistics moved, and
+    early stopping restored the best epoch's parameters with the last epoch's statistics."""
+    from fastnn.training import warm_up
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((64, 6)) * 2 + 1
+    y = X[:, :3].argmax(axis=1)
+    net = _net(backend)
+    before = net.state_dict()
+    warm_up(net, X, y, "cross_entropy", fastnn.SGD(0.1), 32)
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    one = _net(backend)
+    one.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=1, batch_size=16, seed=0, progress=False)
+    stopped = _net(backend)
+    history = stopped.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=10, batch_size=16, seed=0, progress=False,
+                          early_stopping=fastnn.EarlyStopping(monitor="loss", patience=2, min_delta=1e9))
+    assert history.best_epoch == 1 and len(history) == 3
+    for key, value in one.state_dict().items():
+        np.testing.assert_array_equal(stopped.state_dict()[key], value, err_msg=key)

@@ -111,3 +111,12 @@ def test_jax_arrays_come_in_through_dlpack():
     net = _net("numpy")
     X = jnp.linspace(-1.0, 1.0, 35, dtype=jnp.float32).reshape(7, 5)
     np.testing.assert_allclose(net.predict(X), net.predict(np.asarray(X)), rtol=1e-12)
+
+
+@needs_torch
+def test_foreign_arrays_keep_their_dtype_in_backend_calls(backend):
+    """A float32 tensor given to a backend call was converted like a list, to float64."""
+    y = backend.activation("relu", torch.tensor([-1.0, 2.0]))
+    assert y.dtype == np.float32 and backend.to_numpy(y).tolist() == [0.0, 2.0]
+    with pytest.raises(TypeError, match="share one dtype"):
+        backend.mse(backend.asarray(np.ones(2)), torch.ones(2))  # float64 with float32: never promoted

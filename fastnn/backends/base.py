@@ -193,11 +193,13 @@ class Backend:
         return isinstance(x, self.xp.ndarray)
 
     def _operands(self, *values: Any) -> list[Any]:
-        """The operands as this backend's arrays: arrays pass as they are (their dtypes are then
+        """The operands as this backend's arrays: arrays pass as they are, and arrays of other
+        libraries (PyTorch, JAX, ...) come in with their own dtype (either way dtypes are then
         checked strictly); anything else (a list, a tuple, a number) is converted to the dtype of
         the call's first floating array, or float64 when there is none. ``None`` stays ``None``."""
         dtype = next((v.dtype for v in values if self._is_array(v) and v.dtype in FLOAT_DTYPES), np.float64)
-        return [v if v is None or self._is_array(v) else self._convert(v, dtype) for v in values]
+        return [v if v is None or self._is_array(v) else self._convert(v, None if hasattr(v, "dtype") else dtype)
+                for v in values]
 
     def _convert(self, value: Any, dtype: Any) -> Any:
         try:
