@@ -23,10 +23,6 @@ import numpy as np
 from .layers import ACTIVATION_LAYERS, Activation, BatchNorm1d, Dropout, Layer, LayerNorm, Linear, Softmax
 from .network import Network
 
-# PyTorch module class name -> fastnn activation name (parameterless, or the one parameter below)
-_TORCH_ACTIVATIONS = {"Identity": "identity", "ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh",
-                      "SiLU": "silu", "Softplus": "softplus", "LeakyReLU": "leaky_relu", "ELU": "elu", "GELU": "gelu"}
-
 
 def _torch():
     try:
@@ -36,23 +32,56 @@ def _torch():
     return torch
 
 
-def _activation_from_torch(module: Any, dtype: Any, backend: Any) -> Layer:
-    kind = type(module).__name__
-    name = _TORCH_ACTIVATIONS[kind]
-    alpha = None
-    if kind == "LeakyReLU":
-        alpha = module.negative_slope
-    elif kind == "ELU":
-        alpha = module.alpha
-    elif kind == "GELU" and module.approximate == "tanh":
-        name = "gelu_tanh"
-    elif kind == "Softplus" and module.beta != 1:
+def _softplus_name(module: Any) -> tuple[str, None]:
+    if module.beta != 1:
         raise ValueError(f"{module!r}: only beta=1 is supported (fastnn's Softplus is log(1 + exp(x)))")
-    layer = Activation(name, alpha, dtype=dtype, backend=backend)
+    return "softplus", None
+
+
+# PyTorch activation class name -> (module -> (fastnn activation name, its parameter or None))
+_ACTIVATIONS_FROM_TORCH = {
+    "Identity": lambda m: ("identity", None), "ReLU": lambda m: ("relu", None), "Sigmoid": lambda m: ("sigmoid", None),
+    "Tanh": lambda m: ("tanh", None), "SiLU": lambda m: ("silu", None), "Softplus": _softplus_name,
+    "LeakyReLU": lambda m: ("leaky_relu", m.negative_slope), "ELU": lambda m: ("elu", m.alpha),
+    "GELU": lambda m: ("gelu_tanh" if m.approximate == "tanh" else "gelu", None),
+}
+
+
+def _activation_from_torch(module: Any, **layer_args: Any) -> Layer:
+    name, alpha = _ACTIVATIONS_FROM_TORCH[type(module).__name__](module)
+    layer = Activation(name, alpha, **layer_args)
     named = ACTIVATION_LAYERS.get(name)
-    if named is not None:
+    if named is not None:  # a ReLU comes back as a ReLU
         layer.__class__ = named
     return layer
+
+
+def _softmax_from_torch(module: Any, **layer_args: Any) -> Layer:
+    if module.dim not in (-1, 1, None):
+        raise ValueError(f"{module!r}: only a softmax over the last dimension is supported")
+    return Softmax(**layer_args)
+
+
+def _layer_norm_from_torch(module: Any, **layer_args: Any) -> Layer:
+    if len(module.normalized_shape) != 1:
+        raise ValueError(f"{module!r}: only a LayerNorm over the last dimension is supported")
+    return LayerNorm(module.normalized_shape[0], module.eps, module.elementwise_affine, **layer_args)
+
+
+def _batch_norm_from_torch(module: Any, **layer_args: Any) -> Layer:
+    if module.momentum is None:
+        raise ValueError(f"{module!r}: momentum=None (a cumulative average) is not supported")
+    return BatchNorm1d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                       **layer_args)
+
+
+# PyTorch module class name -> the fastnn layer of the same shape (its weights are copied after)
+_FROM_TORCH = {
+    "Linear": lambda m, **kw: Linear(m.in_features, m.out_features, bias=m.bias is not None, init="zeros", **kw),
+    "Softmax": _softmax_from_torch, "LayerNorm": _layer_norm_from_torch, "BatchNorm1d": _batch_norm_from_torch,
+    "Dropout": lambda m, **kw: Dropout(m.p, **kw),  # a mask stream of its own (Philox)
+    **{name: _activation_from_torch for name in _ACTIVATIONS_FROM_TORCH},
+}
 
 
 def from_torch(module: Any, dtype: Any = None, backend: Any = None) -> Network:
@@ -65,57 +94,48 @@ def from_torch(module: Any, dtype: Any = None, backend: Any = None) -> Network:
         dtype = np.float64 if floats and floats[0] == torch.float64 else np.float32
     layers: list[Layer] = []
     for index, part in enumerate(modules):
-        kind = type(part).__name__
-        if isinstance(part, torch.nn.Linear):
-            layer = Linear(part.in_features, part.out_features, bias=part.bias is not None, init="zeros",
-                           dtype=dtype, backend=backend)
-            layer.weight = part.weight.detach().cpu().numpy()
-            if part.bias is not None:
-                layer.bias = part.bias.detach().cpu().numpy()
-        elif isinstance(part, torch.nn.Softmax):
-            if part.dim not in (-1, None) and part.dim != 1:
-                raise ValueError(f"module {index} {part!r}: only a softmax over the last dimension is supported")
-            layer = Softmax(dtype=dtype, backend=backend)
-        elif isinstance(part, torch.nn.LayerNorm):
-            if len(part.normalized_shape) != 1:
-                raise ValueError(f"module {index} {part!r}: only a LayerNorm over the last dimension is supported")
-            layer = LayerNorm(part.normalized_shape[0], part.eps, part.elementwise_affine, dtype=dtype,
-                              backend=backend)
-            if part.elementwise_affine:
-                layer.params["weight"][...] = layer.backend.asarray(part.weight.detach().cpu().numpy(), layer.dtype)
-                layer.params["bias"][...] = layer.backend.asarray(part.bias.detach().cpu().numpy(), layer.dtype)
-        elif isinstance(part, torch.nn.BatchNorm1d):
-            if part.momentum is None:
-                raise ValueError(f"module {index} {part!r}: momentum=None (a cumulative average) is not supported")
-            layer = BatchNorm1d(part.num_features, part.eps, part.momentum, part.affine, part.track_running_stats,
-                                dtype=dtype, backend=backend)
-            for name, tensor in (*part.named_parameters(), *part.named_buffers()):
-                store = layer.params if name in layer.params else layer.buffers
-                store[name][...] = layer.backend.asarray(tensor.detach().cpu().numpy(), store[name].dtype)
-        elif isinstance(part, torch.nn.Dropout):
-            layer = Dropout(part.p, dtype=dtype, backend=backend)  # a mask stream of its own (Philox)
-        elif kind in _TORCH_ACTIVATIONS:
-            layer = _activation_from_torch(part, dtype, backend)
-        else:
-            raise ValueError(f"module {index} ({kind}) has no fastnn counterpart; supported: Linear, Softmax, Dropout, "
-                             f"{', '.join(sorted(_TORCH_ACTIVATIONS))}")
+        make = _FROM_TORCH.get(type(part).__name__)
+        if make is None:
+            raise ValueError(f"module {index} ({type(part).__name__}) has no fastnn counterpart; supported: "
+                             f"{', '.join(sorted(_FROM_TORCH))}")
+        try:
+            layer = make(part, dtype=dtype, backend=backend)
+        except ValueError as exc:
+            raise ValueError(f"module {index}: {exc}") from None
+        state = {name: tensor.detach().cpu().numpy() for name, tensor in part.state_dict().items()}
+        for store in (layer.params, layer.buffers):  # PyTorch's names are fastnn's
+            for name, value in store.items():
+                value[...] = layer.backend.asarray(state[name], value.dtype)
         layers.append(layer)
     return Network(layers)
 
 
 def _activation_to_torch(torch: Any, name: str, alpha: float | None) -> Any:
     nn = torch.nn
-    table = {"identity": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "silu": nn.SiLU,
-             "softplus": nn.Softplus, "gelu": nn.GELU}
-    if name in table:
-        return table[name]()
-    if name == "gelu_tanh":
-        return nn.GELU(approximate="tanh")
-    if name == "leaky_relu":
-        return nn.LeakyReLU(alpha)
-    if name == "elu":
-        return nn.ELU(alpha)
-    raise ValueError(f"activation {name!r} has no PyTorch module")
+    factories = {"identity": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "silu": nn.SiLU,
+                 "softplus": nn.Softplus, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+                 "leaky_relu": lambda: nn.LeakyReLU(alpha), "elu": lambda: nn.ELU(alpha)}
+    return factories[name]()
+
+
+def _modules_for(torch: Any, layer: Layer, dtype: Any) -> list[Any]:
+    """The PyTorch modules computing ``layer`` (a Linear with a fused activation is two), the first
+    one shaped to take the layer's parameters and buffers."""
+    nn = torch.nn
+    kind = layer.kind
+    makers = {
+        "Activation": lambda: [_activation_to_torch(torch, layer.activation, layer.alpha)],
+        "Linear": lambda: [nn.Linear(layer.in_features, layer.out_features, bias=layer.has_bias, dtype=dtype)]
+        + ([] if layer.activation == "identity" else [_activation_to_torch(torch, layer.activation, layer.alpha)]),
+        "Softmax": lambda: [nn.Softmax(dim=-1)],
+        "Dropout": lambda: [nn.Dropout(layer.p)],
+        "LayerNorm": lambda: [nn.LayerNorm(layer.in_features, layer.eps, layer.elementwise_affine, dtype=dtype)],
+        "BatchNorm1d": lambda: [nn.BatchNorm1d(layer.in_features, layer.eps, layer.momentum, layer.affine,
+                                               layer.track_running_stats, dtype=dtype)],
+    }
+    if kind not in makers:
+        raise ValueError(f"{layer!r} has no PyTorch counterpart")
+    return makers[kind]()
 
 
 def to_torch(network: Network) -> Any:
@@ -125,34 +145,9 @@ def to_torch(network: Network) -> Any:
     dtype = torch.float64 if network.dtype == np.float64 else torch.float32
     modules = []
     for layer in network.layers:
-        if isinstance(layer, Linear):
-            linear = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.has_bias, dtype=dtype)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(np.asarray(layer.backend.to_numpy(layer.weight))))
-                if layer.has_bias:
-                    linear.bias.copy_(torch.from_numpy(np.asarray(layer.backend.to_numpy(layer.bias))))
-            modules.append(linear)
-            if layer.activation != "identity":
-                modules.append(_activation_to_torch(torch, layer.activation, layer.alpha))
-        elif isinstance(layer, Softmax):
-            modules.append(torch.nn.Softmax(dim=-1))
-        elif isinstance(layer, Dropout):
-            modules.append(torch.nn.Dropout(layer.p))
-        elif isinstance(layer, BatchNorm1d):
-            norm = torch.nn.BatchNorm1d(layer.in_features, layer.eps, layer.momentum, layer.affine,
-                                        layer.track_running_stats, dtype=dtype)
-            norm.load_state_dict({name: torch.from_numpy(np.array(layer.backend.to_numpy(value)))
-                                  for name, value in (*layer.params.items(), *layer.buffers.items())})
-            modules.append(norm)
-        elif isinstance(layer, LayerNorm):
-            norm = torch.nn.LayerNorm(layer.in_features, layer.eps, layer.elementwise_affine, dtype=dtype)
-            if layer.elementwise_affine:
-                with torch.no_grad():
-                    norm.weight.copy_(torch.from_numpy(np.asarray(layer.backend.to_numpy(layer.params["weight"]))))
-                    norm.bias.copy_(torch.from_numpy(np.asarray(layer.backend.to_numpy(layer.params["bias"]))))
-            modules.append(norm)
-        elif isinstance(layer, Activation):
-            modules.append(_activation_to_torch(torch, layer.activation, layer.alpha))
-        else:
-            raise ValueError(f"{layer!r} has no PyTorch counterpart")
+        parts = _modules_for(torch, layer, dtype)
+        state = {name: torch.from_numpy(np.array(layer.backend.to_numpy(value)))
+                 for name, value in (*layer.params.items(), *layer.buffers.items())}
+        parts[0].load_state_dict(state)  # PyTorch's names are fastnn's
+        modules += parts
     return torch.nn.Sequential(*modules)

@@ -660,19 +660,18 @@ class BatchNorm1d(Layer):
             xhat, xt, mean, rstd = self._batch_statistics(x)
             if self.training and self.track_running_stats:
                 centred = x.astype(np.float64) - mean.astype(np.float64)
-                self._cache_variance = (centred * centred).mean(axis=0)  # biased, in float64
-                self._update_running(x.shape[0], mean, rstd)
+                self._update_running(x.shape[0], mean, (centred * centred).mean(axis=0))
             self._cache = ("batch", xhat, xt, mean, rstd)
         else:
             xhat, rstd = self._running(x)
             self._cache = ("running", xhat, rstd)
         return self._affine(xhat)
 
-    def _update_running(self, n: int, mean: Any, rstd: Any) -> None:
+    def _update_running(self, n: int, mean: Any, biased_variance: Any) -> None:
         """PyTorch's update: running = (1 - momentum) running + momentum stat, with the unbiased
-        variance (the batch's biased one times n / (n - 1))."""
+        variance (the batch's biased one, computed in float64, times n / (n - 1))."""
         m = self.momentum
-        variance = self._cache_variance * (n / (n - 1))
+        variance = biased_variance * (n / (n - 1))
         self.buffers["running_mean"][...] = (1 - m) * self.buffers["running_mean"] + m * mean
         self.buffers["running_var"][...] = (1 - m) * self.buffers["running_var"] + m * variance
         self.buffers["num_batches_tracked"][...] = self.buffers["num_batches_tracked"] + 1

@@ -181,7 +181,9 @@ def test_overlapping_numba_fits_restore_blas_threads():
 
     blas = blas_module.find()
     if blas is None:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS the numba trainer can drive")
+        pytest.skip("NumPy here is built on a BLAS other than OpenBLAS: the numba whole-step trainer then "
+                    "keeps the per-layer path and never changes BLAS's thread count, so there is nothing "
+                    "to restore")
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas.get_num_threads()
         a, b = blas_module.single_threaded(blas), blas_module.single_threaded(blas)

@@ -91,7 +91,8 @@ def measurement(section: str, workload: str, contender: str, unit: str, work: fl
 
 # Another process using this much CPU (in cores, averaged over a row's timing) marks the row as
 # measured on a busy machine: its figure says more about the neighbour than about the contender.
-# (Half a core: tick-based accounting puts up to ~0.3 cores of a quiet run's own threads outside it.)
+# (Half a core: in quiet full runs on this project's Intel Xeon VM, tick-based accounting put up
+# to ~0.3 cores of fastnn's own threads outside process_time; a busy neighbour shows as ~1.)
 BUSY_CORES = 0.5
 # Repeats this far apart (slowest / fastest) mark a row as noisy.
 NOISY_SPREAD = 1.5
