@@ -15,6 +15,7 @@ from .layers import Layer
 from .losses import Loss
 
 _ALIGN = 16  # parameter views start on 64-byte boundaries (16 float32s) in the flat buffer
+MESSAGE_SLOTS = 4  # after the gradients: see ``gradient_message``
 
 
 class Network:
@@ -35,6 +36,7 @@ class Network:
     def __init__(self, layers: Iterable[Layer] | None = None) -> None:
         self.layers: list[Layer] = []
         self._flat: tuple[Any, Any] | None = None
+        self._message: Any = None  # the flat gradients and MESSAGE_SLOTS more (``gradient_message``)
         self._offsets: dict[tuple[int, str], int] = {}
         self.loss: Loss | None = None  # the loss of the last ``fit``, used by ``evaluate``
         self._training = threading.Lock()  # held by ``fit``: one training run at a time
@@ -44,6 +46,10 @@ class Network:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_training"]  # a copy (copy.deepcopy, pickle) is not in training
+        # Copying arrays one by one does not keep views views: the copy's layers would hold
+        # parameters apart from its flat buffer, and training the copy would not change them.
+        # The copy packs its own flat buffers from the layers' values when first asked.
+        state["_flat"] = state["_message"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -171,6 +177,12 @@ class Network:
             self._flat = self._pack()
         return self._flat
 
+    def gradient_message(self) -> Any:
+        """The flat gradients followed by ``MESSAGE_SLOTS`` more elements: what data-parallel
+        training sums over its ranks once a step (``fastnn.data_parallel``)."""
+        self.flat_parameters()
+        return self._message
+
     def parameter_offsets(self) -> dict[tuple[int, str], int]:
         """``{(layer index, parameter name): offset}`` of each parameter in the flat buffers."""
         self.flat_parameters()
@@ -185,7 +197,9 @@ class Network:
                 self._offsets[index, name] = total
                 total += -(-value.size // _ALIGN) * _ALIGN
         flat_params = self.backend.zeros(total, self.dtype)
-        flat_grads = self.backend.zeros(total, self.dtype)
+        # the gradients, then a few slots that data-parallel training sends in the same message
+        self._message = self.backend.zeros(total + MESSAGE_SLOTS, self.dtype)
+        flat_grads = self._message[:total]
         for layer, name, offset, shape in slots:
             size = int(np.prod(shape, dtype=np.int64))
             view = flat_params[offset : offset + size].reshape(shape)

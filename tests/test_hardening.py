@@ -429,6 +429,27 @@ def test_networks_still_copy_and_pickle(backend):
         clone.add(fastnn.Softmax(dtype=np.float64, backend=backend))
 
 
+def test_a_copied_network_trains_its_own_layers(backend):
+    """A deep copy (or unpickled copy) of a packed network held its layers' parameters apart from
+    its flat buffer: ``fit`` on the copy reported falling losses and changed nothing it predicts."""
+    import copy
+    import pickle
+
+    X, y = np.random.default_rng(11).standard_normal((32, 4)), np.arange(32) % 3
+    net = small_net(backend)
+    net.flat_parameters()
+    before = backend.to_numpy(net.predict(X))
+    clones = [copy.deepcopy(net)]
+    if fastnn.available_backends().get(backend.name) is None:
+        clones.append(pickle.loads(pickle.dumps(net)))
+    for clone in clones:
+        params, _ = clone.flat_parameters()
+        assert all(np.shares_memory(params, value) for value in clone.parameters())
+        clone.fit(X, y, "cross_entropy", optimizer=fastnn.SGD(lr=0.5), epochs=3, progress=False)
+        assert np.abs(backend.to_numpy(clone.predict(X)) - before).max() > 1e-3
+    np.testing.assert_array_equal(backend.to_numpy(net.predict(X)), before)  # the original is untouched
+
+
 def test_a_custom_layer_without_infer_still_predicts():
     """Layers written before ``infer`` existed keep working: ``infer`` falls back to ``forward``."""
 
