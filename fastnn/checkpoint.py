@@ -21,6 +21,7 @@ an error mid-write never leaves a half-written file where a good one was.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -85,17 +86,21 @@ def save(network: Any, path: str | os.PathLike, training: dict[str, Any] | None 
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _read(path: str) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` at ``path``. A missing or unreadable file raises its
-    ``OSError`` (``FileNotFoundError``, ``IsADirectoryError``, ...); anything that is not an intact
-    ``.npz`` raises ``ValueError``, whatever the damage (a damaged zip header can make the zip
-    and zlib modules raise ``NotImplementedError``, ``RuntimeError``, ``zlib.error``, ...)."""
-    with open(path, "rb") as handle:  # OSErrors of the file itself propagate as they are
-        magic = handle.read(len(_ZIP_MAGIC))
+def _read(path: str, contents: bytes | None = None) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path`` (or in ``contents``, the bytes of that file as
+    another process read them). A missing or unreadable file raises its ``OSError``
+    (``FileNotFoundError``, ``IsADirectoryError``, ...); anything that is not an intact ``.npz``
+    raises ``ValueError``, whatever the damage (a damaged zip header can make the zip and zlib
+    modules raise ``NotImplementedError``, ``RuntimeError``, ``zlib.error``, ...)."""
+    if contents is None:
+        with open(path, "rb") as handle:  # OSErrors of the file itself propagate as they are
+            magic = handle.read(len(_ZIP_MAGIC))
+    else:
+        magic = contents[: len(_ZIP_MAGIC)]
     if magic != _ZIP_MAGIC:
         raise ValueError(f"{path!r} is not a fastnn checkpoint: it is not an .npz (zip) archive")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path if contents is None else io.BytesIO(contents), allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise ValueError("it is not an .npz archive")
             return {key: data[key] for key in data.files}
@@ -106,9 +111,10 @@ def _read(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path!r} is not a readable fastnn checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def _verified(path: str) -> tuple[dict[str, np.ndarray], list[Any], dict[str, Any] | None]:
+def _verified(path: str, contents: bytes | None = None
+              ) -> tuple[dict[str, np.ndarray], list[Any], dict[str, Any] | None]:
     """The file's arrays, its architecture and its training state, after every check."""
-    data = _read(path)
+    data = _read(path, contents)
 
     def fail(why: str) -> ValueError:
         return ValueError(f"{path!r} is not a valid fastnn checkpoint: {why}")
@@ -213,11 +219,13 @@ def _architecture_only(layers_spec: list[Any]) -> list[Any]:
     return result
 
 
-def load_training(path: str | os.PathLike, network: Any, optimizer: Any) -> dict[str, Any]:
+def load_training(path: str | os.PathLike, network: Any, optimizer: Any,
+                  contents: bytes | None = None) -> dict[str, Any]:
     """Restore ``network``'s parameters and ``optimizer``'s state from a checkpoint written by
-    ``fit(checkpoint=...)``; return its training state (epoch, generator state, history)."""
+    ``fit(checkpoint=...)``; return its training state (epoch, generator state, history).
+    ``contents``: the file's bytes, already read (by rank 0 of a data-parallel run)."""
     path = os.fspath(path)
-    arrays, layers_spec, training = _verified(path)
+    arrays, layers_spec, training = _verified(path, contents)
 
     def fail(why: str) -> ValueError:
         return ValueError(f"cannot resume from {path!r}: {why}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, info
+from . import datasets, distributed, info
 from .backends import VALID_NAMES, default_backend_name, use_backend
 from .errors import BackendUnavailable
 from .layers import Linear
@@ -106,6 +106,9 @@ def train(args: argparse.Namespace) -> int:
     _check_train_args(args)
     epochs = args.epochs if args.epochs is not None else task.epochs
     batch_size = args.batch_size if args.batch_size is not None else task.batch_size
+    # under mpiexec: data-parallel on every rank, and only rank 0 speaks and writes files
+    world = distributed.init()
+    say = print if world.is_main else _silent
     with use_backend(args.backend or default_backend_name()) as backend:
         X_train, X_test, y_train, y_test = task.load(args.seed)
         net = task.build(args.activation or task.activation, args.hidden or task.hidden, args.seed)
@@ -115,11 +118,12 @@ def train(args: argparse.Namespace) -> int:
             optimizer = OPTIMIZERS["sgd"](lr=lr, momentum=momentum)
         else:
             optimizer = OPTIMIZERS[args.optimizer](lr=lr)
-        print(f"training {args.task} on backend {backend.name!r}: {net!r}")
-        print(f"{len(X_train)} training samples, loss {task.loss}, {optimizer!r}, "
+        ranks = f" on {world.size} ranks (data-parallel, MPI)" if world.size > 1 else ""
+        say(f"training {args.task} on backend {backend.name!r}{ranks}: {net!r}")
+        say(f"{len(X_train)} training samples, loss {task.loss}, {optimizer!r}, "
               f"batch {batch_size}, {epochs} epochs")
         if args.plot:
-            print(f"will write {' and '.join(_plot_paths(args))}")
+            say(f"will write {' and '.join(_plot_paths(args))}")
         every = args.log_every or max(1, -(-epochs // 20))  # about 20 lines, and always the last epoch
         width = len(str(epochs))
 
@@ -128,7 +132,7 @@ def train(args: argparse.Namespace) -> int:
                 return
             extras = "".join(f"  {key} {record[key]:.4f}" for key in ("accuracy", "val_loss", "val_accuracy")
                              if key in record)
-            print(f"epoch {epoch:>{width}}/{epochs}  loss {record['loss']:.4f}{extras}  "
+            say(f"epoch {epoch:>{width}}/{epochs}  loss {record['loss']:.4f}{extras}  "
                   f"{record['samples_per_s']:,.0f} samples/s", flush=True)
 
         from .training import warm_up
@@ -139,39 +143,44 @@ def train(args: argparse.Namespace) -> int:
 
         def say_compiling() -> None:
             said.append(True)
-            print(f"compiling the {backend.name} kernels this run needs (once: later runs load them from the "
+            say(f"compiling the {backend.name} kernels this run needs (once: later runs load them from the "
                   "cache) ...", flush=True)
 
         notice = threading.Timer(1.0, say_compiling)
-        if backend.compiles:
+        if backend.compiles and world.is_main:
             notice.start()
         try:
             warm = warm_up(net, X_train, y_train, task.loss, optimizer, batch_size)
         finally:
             notice.cancel()
         if said:
-            print(f"kernels compiled in {warm:.1f} s (not counted below)")
+            say(f"kernels compiled in {warm:.1f} s (not counted below)")
         started = time.perf_counter()
         history = net.fit(X_train, y_train, task.loss, optimizer, epochs=epochs, batch_size=batch_size,
                           seed=args.seed, validation_data=None if args.task == "xor" else (X_test, y_test),
-                          progress=True, on_epoch=report, checkpoint=args.checkpoint, resume=args.resume)
+                          progress=True, on_epoch=report, checkpoint=args.checkpoint, resume=args.resume,
+                          distributed=world.size > 1)
         elapsed = time.perf_counter() - started
         if history.interrupted:
-            print(f"interrupted after {len(history)} epoch(s); the network keeps what it learned so far")
+            say(f"interrupted after {len(history)} epoch(s); the network keeps what it learned so far")
         result = net.evaluate(X_test, y_test)
         total = sum(record["seconds"] for record in history.epochs)
         trained = sum(record["seconds"] * record["samples_per_s"] for record in history.epochs)
         rate = trained / total if total > 0 else float("nan")
-        print(f"final: {'test ' if args.task != 'xor' else ''}loss {result['loss']:.4f}, "
+        say(f"final: {'test ' if args.task != 'xor' else ''}loss {result['loss']:.4f}, "
               f"accuracy {result.get('accuracy', float('nan')):.4f}; "
               f"{rate:,.0f} samples/s over {len(history)} epochs ({elapsed:.2f} s in all)")
-        if args.save:
+        if args.save and world.is_main:
             net.save(args.save)
-            print(f"saved to {args.save}")
-        if args.plot:
+            say(f"saved to {args.save}")
+        if args.plot and world.is_main:
             for path in _plots(args, net, history, X_test, y_test):
-                print(f"wrote {path}")
+                say(f"wrote {path}")
     return 0
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the ranks that do not speak."""
 
 
 def _plots(args: argparse.Namespace, net: Network, history: Any, X_test: Any, y_test: Any) -> list[str]:

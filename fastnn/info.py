@@ -107,7 +107,22 @@ def collect() -> dict[str, Any]:
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "devices": "none usable" if backends["cupy"] else "CUDA via CuPy",
         "numba_threading": _numba_threading() if backends["numba"] is None else None,
+        "mpi": mpi_info(),
     }
+
+
+def mpi_info() -> dict[str, Any] | None:
+    """mpi4py's version, the MPI library it loaded and this process's world, or None when
+    mpi4py is not installed (``pip install 'fastnn[mpi]'``)."""
+    try:
+        from mpi4py import MPI, __version__
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001  (an MPI library that fails to load: say why)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    library = MPI.Get_library_version().strip().splitlines()[0]
+    return {"mpi4py": __version__, "library": " ".join(library.split()), "rank": MPI.COMM_WORLD.Get_rank(),
+            "size": MPI.COMM_WORLD.Get_size()}
 
 
 def _numba_threading() -> dict[str, Any]:
@@ -151,5 +166,13 @@ def render(report: dict[str, Any]) -> str:
             foreign = ", ".join(threading["foreign"])
             lines.append(f"  warning: a TBB other than the environment's is loaded ({foreign}): "
                          "the numba backend may slow down over a long fit and hang at exit")
+    mpi = report.get("mpi")
+    if mpi is None:
+        lines += ["", "MPI: mpi4py not installed (pip install 'fastnn[mpi]' for data-parallel training)"]
+    elif "error" in mpi:
+        lines += ["", f"MPI: mpi4py is installed but its MPI library does not load ({mpi['error']})"]
+    else:
+        lines += ["", f"MPI: mpi4py {mpi['mpi4py']} on {mpi['library']}; this process is rank {mpi['rank']} "
+                      f"of {mpi['size']}"]
     lines += ["", f"GPU devices: {report['devices']}"]
     return "\n".join(lines)

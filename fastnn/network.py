@@ -11,11 +11,11 @@ import numpy as np
 from . import checkpoint, training
 from .backends import backend_for, get_backend
 from .backends.base import Backend
+from .data_parallel import MESSAGE_SLOTS
 from .layers import Layer
 from .losses import Loss
 
 _ALIGN = 16  # parameter views start on 64-byte boundaries (16 float32s) in the flat buffer
-MESSAGE_SLOTS = 4  # after the gradients: see ``gradient_message``
 
 
 class Network:
@@ -289,15 +289,16 @@ class Network:
             validation_data: tuple[Any, Any] | None = None, progress: bool = True,
             metrics: bool | None = None, checkpoint: str | None = None, checkpoint_every: int = 1,
             resume: str | None = None, on_epoch: Any = None, schedule: Any = None, early_stopping: Any = None,
-            clip_grad_norm: float | None = None) -> training.History:
+            clip_grad_norm: float | None = None, distributed: Any = False) -> training.History:
         """Train with mini-batches; see ``fastnn.training.fit`` for every argument (NaN guard,
-        checkpoints and resume, Ctrl-C, schedules, early stopping, gradient clipping)."""
+        checkpoints and resume, Ctrl-C, schedules, early stopping, gradient clipping, data-parallel
+        training on MPI with ``distributed=True``)."""
         return training.fit(self, X, y, loss, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, shuffle=shuffle, seed=seed,
                             validation_data=validation_data, progress=progress, metrics=metrics,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
                             on_epoch=on_epoch, schedule=schedule, early_stopping=early_stopping,
-                            clip_grad_norm=clip_grad_norm)
+                            clip_grad_norm=clip_grad_norm, distributed=distributed)
 
     def evaluate(self, X: Any, y: Any, loss: str | Loss | None = None,
                  batch_size: int = 1024) -> dict[str, float]:

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as _checkpoint
+from . import distributed as _distributed
 from . import losses as _losses
 from . import optimizers as _optimizers
+from .data_parallel import DataParallel
 from .dense_plan import dense_plan
 from .layers import Layer
 from .progress import bar_factory as bar_factory_for
@@ -175,7 +177,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
         validation_data: tuple[Any, Any] | None = None, progress: bool = True,
         metrics: bool | None = None, checkpoint: str | None = None, checkpoint_every: int = 1,
         resume: str | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        schedule: Any = None, early_stopping: Any = None, clip_grad_norm: float | None = None) -> History:
+        schedule: Any = None, early_stopping: Any = None, clip_grad_norm: float | None = None,
+        distributed: Any = False) -> History:
     """Train ``network`` on ``X (N, ..., in)`` and targets ``y`` up to epoch ``epochs``.
 
     - ``loss``: a ``fastnn.losses.Loss`` or its name (``"mse"``, ``"bce"``, ``"bce_with_logits"``,
@@ -202,6 +205,14 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
     - ``clip_grad_norm``: scale the gradients so that their global 2-norm is at most this
       (``torch.nn.utils.clip_grad_norm_``: ``g *= min(1, max_norm / (norm + 1e-6))``) before
       every update. The per-layer path runs it (the whole-step trainer does not clip).
+    - ``distributed``: ``True`` trains data-parallel on the MPI world (``fastnn.distributed``;
+      alone, a world of one, it changes nothing), an mpi4py communicator or a
+      ``fastnn.distributed.World`` on that. Every rank calls ``fit`` with the same data and
+      arguments; ``batch_size`` is the global batch, and the result is the model one process
+      trains with that batch, to float rounding, with bit-identical parameters on every rank
+      (``fastnn.data_parallel`` says how, and what BatchNorm1d and Dropout do). Rank 0 alone
+      writes checkpoints and shows progress; ``on_epoch`` runs on every rank with the same
+      records (but their ``seconds``).
 
     A NaN or inf in the loss, a gradient or the parameters raises ``NonFiniteError`` naming the
     epoch, the batch and the layer, with the network restored to its parameters before that
@@ -214,7 +225,8 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
                            "train one network from one thread at a time")
     try:
         return _fit(network, X, y, loss, optimizer, epochs, batch_size, shuffle, seed, validation_data, progress,
-                    metrics, checkpoint, checkpoint_every, resume, on_epoch, schedule, early_stopping, clip_grad_norm)
+                    metrics, checkpoint, checkpoint_every, resume, on_epoch, schedule, early_stopping, clip_grad_norm,
+                    distributed)
     finally:
         network._training.release()
 
@@ -223,19 +235,21 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
          seed: int | None, validation_data: tuple[Any, Any] | None, progress: bool, metrics: bool | None,
          checkpoint: str | None, checkpoint_every: int, resume: str | None,
          on_epoch: Callable[[int, dict[str, float]], None] | None, schedule: Any, early_stopping: Any,
-         clip_grad_norm: float | None) -> History:
+         clip_grad_norm: float | None, distributed: Any) -> History:
     """The epoch loop: records, callbacks, checkpoints and Ctrl-C; ``_Run`` does the rest."""
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
     extras = _Extras(schedule, early_stopping, clip_grad_norm)
+    world = _distributed.resolve(distributed)
     run = _Run(network, X, y, _losses.get(loss), _optimizers.get(optimizer), batch_size, metrics, validation_data,
-               np.random.default_rng(seed), shuffle, extras)
+               np.random.default_rng(seed), shuffle, extras, world)
     history, first_epoch = run.start(resume, int(epochs))
     if history.stopped_early:  # a resumed run that had already stopped: nothing more to do
         return history
-    bar_factory = bar_factory_for(progress)
+    main_rank = world is None or world.is_main
+    bar_factory = bar_factory_for(progress) if main_rank else None
     params, _ = network.flat_parameters()
     mode = network.training
     network.train()
@@ -260,13 +274,17 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
                 stop = extras.end_epoch(epoch, record, network, history)
                 if on_epoch is not None:
                     on_epoch(epoch, record)
-                if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs or stop):
+                if checkpoint is not None and main_rank and (epoch % checkpoint_every == 0 or epoch == epochs
+                                                             or stop):
                     _save_training(network, run.optimizer, checkpoint, epoch, run.rng, history, extras)
                 if stop:
                     break
                 if interrupt["stop"]:
                     history.interrupted = True
                     break
+        if run.parallel is not None:  # rank 0's BatchNorm statistics, so that every rank ends the same
+            for buffer in network.named_buffers().values():
+                run.parallel.broadcast_array(buffer)
     finally:
         run.optimizer.scheduled_lr = None  # the schedule belongs to this fit
         network.train(mode)
@@ -361,7 +379,7 @@ class _Run:
 
     def __init__(self, network: Any, X: Any, y: Any, loss: _losses.Loss, optimizer: Any, batch_size: int,
                  metrics: bool | None, validation_data: tuple[Any, Any] | None, rng: np.random.Generator,
-                 shuffle: bool, extras: _Extras) -> None:
+                 shuffle: bool, extras: _Extras, world: Any = None) -> None:
         batch_size = check_batch_size(batch_size)
         X, target = prepare(network, X, y, loss)
         if X.shape[0] == 0:
@@ -397,18 +415,28 @@ class _Run:
         bounds = np.minimum(np.arange(self.n_batches + 1) * self.batch_size, n)
         self.sizes = backend.asarray(np.diff(bounds), np.float64)
         self.guard = _Guard(network)
+        self.parallel = None if world is None else DataParallel(world, network)
         # the whole-step trainer does not clip gradients: clipping keeps the per-layer path
         self.trainer = None if self.guard.deferred or extras.clip is not None else \
             _dense_trainer(network, loss, X, target, self.batch_size, optimizer)
+        if self.parallel is not None and not hasattr(self.trainer, "gradients"):
+            self.trainer = None  # data-parallel needs a step split at the allreduce
+        self.shard_loss, self.shard_correct = np.zeros(1), np.zeros(1)  # the whole-step trainer's, per batch
         self.X, self.target = (X, target) if self.trainer is None else self.trainer.inputs(X, target)
         self.buffers = Workspace()
 
     def start(self, resume: str | None, epochs: int) -> tuple[History, int]:
         """A fresh history from epoch 1, or the checkpoint's history, state and next epoch."""
         history = History()
+        parallel = self.parallel
+        if parallel is not None:
+            parallel.agree(self.n, self.batch_size, epochs, self.shuffle)
         if resume is None:
+            if parallel is not None:
+                parallel.broadcast_state(self.network, self.optimizer, self.rng)
             return history, 1
-        state = _checkpoint.load_training(resume, self.network, self.optimizer)
+        contents = None if parallel is None else parallel.read_checkpoint(resume)
+        state = _checkpoint.load_training(resume, self.network, self.optimizer, contents)
         self.extras.load(state, self.backend, resume)
         self.rng.bit_generator.state = state["rng"]
         history.epochs = [dict(record) for record in state["history"]]
@@ -426,7 +454,9 @@ class _Run:
         order = self.backend.asarray(self.rng.permutation(self.n)) if self.shuffle else None
         before_batch = (lambda batch: self.extras.before_batch(self.optimizer, epoch, batch)) \
             if self.extras.per_batch else None
-        if self.trainer is not None:
+        if self.trainer is not None and self.parallel is not None:
+            batch, seen = self._parallel_fused_epoch(order, epoch, bar, interrupt, started, before_batch)
+        elif self.trainer is not None:
             batch, seen = _fused_epoch(self.trainer, self.network, self.X, self.target, order, epoch,
                                        self.n_batches, self.batch_size, self.optimizer, self.guard,
                                        self.batch_losses, self.batch_correct, bar, interrupt, before_batch)
@@ -444,15 +474,20 @@ class _Run:
         backend, n, seen = self.backend, self.n, 0
         for batch, start in enumerate(range(0, n, self.batch_size)):
             stop = min(start + self.batch_size, n)
-            x_buf, y_buf, grad = self.buffers.slot(stop - start, self._new_batch_buffers)
+            # this rank's share of the global batch (all of it when alone)
+            lo, hi = (start, stop) if self.parallel is None else self.parallel.shard(start, stop)
+            x_buf, y_buf, grad = self.buffers.slot(hi - lo, self._new_batch_buffers)
             if order is None:
-                xb, yb = self.X[start:stop], self.target[start:stop]
+                xb, yb = self.X[lo:hi], self.target[lo:hi]
             else:
-                xb = backend.take_rows(self.X, order[start:stop], x_buf)
-                yb = backend.take_rows(self.target, order[start:stop], y_buf)
+                xb = backend.take_rows(self.X, order[lo:hi], x_buf)
+                yb = backend.take_rows(self.target, order[lo:hi], y_buf)
             if before_batch is not None:
                 before_batch(batch)
-            value = self._step(xb, yb, grad, epoch, batch)
+            if self.parallel is None:
+                value = self._step(xb, yb, grad, epoch, batch)
+            else:
+                value = self._parallel_step(xb, yb, grad, epoch, batch, stop - start, interrupt)
             seen += stop - start
             if bar is not None:
                 bar.update(stop - start)
@@ -484,6 +519,80 @@ class _Run:
             self.batch_correct[batch] = self.loss.correct(self.backend.xp, out, yb)
         return value
 
+    def _parallel_step(self, xb: Any, yb: Any, grad: Any, epoch: int, batch: int, rows: int,
+                       interrupt: dict[str, bool]) -> Any:
+        """``_step`` on this rank's shard ``xb`` of a global batch of ``rows`` samples."""
+        network, local = self.network, xb.shape[0]
+        _, grads = network.flat_parameters()
+        for layer in self.stepped:
+            layer.at_step((epoch - 1) * self.n_batches + batch)
+        if local == 0:  # a ragged last batch with fewer samples than ranks: this rank adds nothing
+            grads[...] = 0
+            return self._reduce_and_update(0.0, 0.0, epoch, batch, rows, interrupt)
+        out = network._forward(xb)
+        value, grad = self.loss.compute(self.backend, out, yb, grad)
+        correct = self.loss.correct(self.backend.xp, out, yb) if self.track_accuracy else None
+        if local != rows:
+            grad *= local / rows  # the sum over the ranks is then the global batch's mean gradient
+        network._backward(grad, need_input_grad=False)
+        return self._reduce_and_update(value * local, correct, epoch, batch, rows, interrupt)
+
+    def _reduce_and_update(self, loss_sum: Any, correct: Any, epoch: int, batch: int, rows: int,
+                           interrupt: dict[str, bool]) -> Any:
+        """The rest of a data-parallel step, the same on every rank: one allreduce of the
+        gradients with the loss sum, the correct count and the stop flag; then the checks, the
+        update and the guard, as ``_step``. Returns the global batch's mean loss."""
+        parallel, guard, network = self.parallel, self.guard, self.network
+        parallel.reduce(loss_sum, correct, interrupt["stop"])
+        value = parallel.loss_sum / rows
+        # a deferring backend reads the flag from the device only every 16th batch (every rank the same)
+        if (not guard.deferred or batch % 16 == 15) and parallel.stop_requested():
+            interrupt["stop"] = True
+        if not guard.deferred and not math.isfinite(float(value)):
+            raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
+        if self.extras.clip is not None:
+            self.extras.clip_gradients(self.backend.xp, network.flat_parameters()[1])
+        self.optimizer.step(network)
+        if guard.deferred:
+            guard.track(value, batch + 1)
+        elif not guard.commit():
+            raise guard.fail(epoch, batch + 1, guard.culprit())
+        self.batch_losses[batch] = value
+        if self.track_accuracy:
+            self.batch_correct[batch] = parallel.correct
+        return value
+
+    def _parallel_fused_epoch(self, order: Any, epoch: int, bar: Any, interrupt: dict[str, bool], started: float,
+                              before_batch: Callable[[int], None] | None) -> tuple[int, int]:
+        """The data-parallel epoch on a whole-step trainer: per global batch, the trainer computes
+        this rank's shard's gradients in one call, then ``_reduce_and_update``."""
+        n, seen, trainer = self.n, 0, self.trainer
+        order = np.arange(n) if order is None else order
+        _, grads = self.network.flat_parameters()
+        for batch, start in enumerate(range(0, n, self.batch_size)):
+            stop = min(start + self.batch_size, n)
+            lo, hi = self.parallel.shard(start, stop)
+            if before_batch is not None:
+                before_batch(batch)
+            loss_sum = correct = 0.0
+            if hi > lo:
+                trainer.gradients(self.X, self.target, order[lo:hi], grads, self.guard.snapshot, self.shard_loss,
+                                  self.shard_correct)
+                if hi - lo != stop - start:
+                    grads *= (hi - lo) / (stop - start)
+                loss_sum, correct = self.shard_loss[0] * (hi - lo), self.shard_correct[0]
+            else:
+                grads[...] = 0
+            value = self._reduce_and_update(loss_sum, correct, epoch, batch, stop - start, interrupt)
+            seen += stop - start
+            if bar is not None:
+                bar.update(stop - start)
+                if batch % 16 == 0:
+                    bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
+            if interrupt["stop"]:
+                break
+        return batch, seen
+
     def _new_batch_buffers(self, size: int) -> tuple[Any, Any, Any]:
         """Gathered inputs, gathered targets and the loss gradient for one batch size."""
         empty, X = self.backend.empty, self.X
@@ -496,7 +605,7 @@ class _Run:
         if self.track_accuracy:
             record["accuracy"] = float(self.batch_correct[:done].sum()) / seen
         if self.validation is not None:
-            scores = evaluate(self.network, *self.validation, self.loss, prepared=True)
+            scores = evaluate(self.network, *self.validation, self.loss, prepared=True, parallel=self.parallel)
             record.update({f"val_{key}": value for key, value in scores.items()})
         record["seconds"] = seconds
         record["samples_per_s"] = seen / seconds if seconds > 0 else math.inf
@@ -598,9 +707,10 @@ def _is_classifier(loss: _losses.Loss, network: Any, X: Any, target: Any) -> boo
 
 
 def evaluate(network: Any, X: Any, y: Any, loss: Any = None, batch_size: int = 1024,
-             prepared: bool = False) -> dict[str, float]:
+             prepared: bool = False, parallel: Any = None) -> dict[str, float]:
     """Mean loss (and accuracy for classifiers) of ``network`` on ``(X, y)``. Thread-safe, and
-    leaves the state ``backward`` uses untouched (it runs the layers' ``infer``)."""
+    leaves the state ``backward`` uses untouched (it runs the layers' ``infer``). ``parallel``
+    (``fit``'s, on several ranks): each rank scores its shard and the sums are allreduced."""
     loss = _losses.get(loss if loss is not None else network.loss or _no_loss())
     if not prepared:
         X, y = prepare(network, X, y, loss)
@@ -608,6 +718,11 @@ def evaluate(network: Any, X: Any, y: Any, loss: Any = None, batch_size: int = 1
     xp = network.backend.xp
     n = X.shape[0]
     total, correct, classifier = 0.0, 0.0, True
+    if parallel is not None:
+        # whether accuracy applies, from the data's first sample: a rank's shard may be empty
+        classifier = n > 0 and loss.correct(xp, network._infer(X[:1]), y[:1]) is not None
+        lo, hi = parallel.shard(0, n)
+        X, y = X[lo:hi], y[lo:hi]
     for start in range(0, n, batch_size):
         xb, yb = X[start : start + batch_size], y[start : start + batch_size]
         out = network._infer(xb)
@@ -616,6 +731,8 @@ def evaluate(network: Any, X: Any, y: Any, loss: Any = None, batch_size: int = 1
         count = loss.correct(xp, out, yb)
         classifier = count is not None
         correct += float(count) if classifier else 0.0
+    if parallel is not None:
+        total, correct, n = parallel.sum_scores(total, correct, X.shape[0])
     result = {"loss": total / n if n else math.nan}
     if classifier:
         result["accuracy"] = correct / n if n else math.nan

@@ -148,8 +148,16 @@ class Backend:
         per-layer loop in ``fastnn.training.fit`` does for those batches (same loss, gradients to
         rounding, same optimizer rule, same NaN/inf guard) and return ``(done, failure, batch)``.
         It is a context manager, entered for the duration of ``fit``'s loop, and its
-        ``inputs(X, target)`` gives the arrays in the layout ``run`` wants."""
+        ``inputs(X, target)`` gives the arrays in the layout ``run`` wants. Data-parallel
+        training uses it where it also has ``gradients(X, targets, rows, grads, snapshot, loss,
+        correct)``: one batch's gradients, parameters untouched (see ``kernels/numba/trainer.py``)."""
         return None
+
+    def allreduce(self, world: Any, buffer: Any) -> Any:
+        """Sum ``buffer`` (a contiguous array of this backend) over the ranks of ``world`` (a
+        ``fastnn.distributed.World``), in place, and return it. Host arrays go to MPI; a device
+        backend overrides this with its own engine (the CuPy backend: NCCL)."""
+        return world.allreduce(buffer)
 
     def kernel_builds(self) -> Iterator[str]:
         """Iterate over every build of the kernels a call can select (a JIT backend compiles one

@@ -45,9 +45,11 @@ from .scalar import CODES, ELU, GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, SILU
 
 # Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
 OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
-# Optimizer rules (fastnn.optimizers: Optimizer.fused_rule) and their codes in the kernel.
-_SGD, _ADAM = 0, 1
-RULES = {"sgd": _SGD, "adam": _ADAM}
+# Optimizer rules (fastnn.optimizers: Optimizer.fused_rule) and their codes in the kernel. "none"
+# computes a batch's gradients and leaves the parameters alone, for data-parallel training: the
+# gradients are summed over the ranks before an update (``DenseTrainer.gradients``).
+_SGD, _ADAM, _NONE = 0, 1, 2
+RULES = {"sgd": _SGD, "adam": _ADAM, "none": _NONE}
 
 _FLAGS = {"cache": True, "error_model": "numpy", "boundscheck": False}
 sgd_serial = sgd[0]  # each thread updates its own slice: the serial builds
@@ -312,6 +314,8 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
 def _update(rule, hyper, params, grads, state1, state2, step):
     """One optimizer step with PyTorch's rules (the kernels ``Optimizer.step`` uses), on one
     thread: the caller gives each thread its own slice of the parameters."""
+    if rule == _NONE:
+        return
     if rule == _SGD:
         sgd_serial(params, grads, state1, hyper[0], hyper[1], hyper[2] != 0.0, hyper[3], step == 1)
     else:

@@ -1,0 +1,214 @@
+"""Data-parallel training on MPI: N ranks train the model one process trains, and fail together.
+
+Each multi-rank test starts ``mpiexec -n N`` on ``tests/support/distributed_worker.py`` in a
+process group of its own and kills the whole group on a timeout, so a hang fails the test and
+leaves no rank behind. The single-process references are computed here, in the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import distributed
+from support import distributed_worker as worker
+
+WORKER = Path(worker.__file__)
+TIMEOUT = 240  # seconds: compiling the Numba kernels in two ranks at once on a cold cache fits
+
+
+def mpiexec() -> str:
+    found = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
+    if not os.path.exists(found):
+        pytest.fail(f"mpiexec not found: the test extra installs mpi4py and MPICH ({distributed.INSTALL_HINT})")
+    return found
+
+
+def launch(ranks: int, *args: str, timeout: float = TIMEOUT, env: dict[str, str] | None = None,
+           command: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``mpiexec -n ranks`` of the worker (or ``command``), killed with its group on a timeout."""
+    argv = [mpiexec(), "-n", str(ranks), *(command or [sys.executable, str(WORKER), *args])]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), *sys.path]),
+                   **(env or {})}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=environment)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"mpiexec -n {ranks} {' '.join(args)} did not finish in {timeout} s\n{out}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"{result.args}: exit {result.returncode}\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two-ranks")
+    _ok(launch(2, "equivalence", str(out), *worker.CONFIGS))
+    return out
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Each configuration trained by one process, alone (``distributed=False``)."""
+    return {config: worker.train(config) for config in worker.CONFIGS}
+
+
+def _rank_results(out: Path, config: str, ranks: int) -> list[tuple[np.ndarray, dict]]:
+    return [(np.load(out / f"{config}-rank{rank}.npy"), json.loads((out / f"{config}-rank{rank}.json").read_text()))
+            for rank in range(ranks)]
+
+
+@pytest.mark.parametrize("config", worker.CONFIGS)
+def test_two_ranks_train_the_model_one_process_trains(two_ranks, references, config):
+    """Same global batch, same shuffling, a ragged last batch (one sample: rank 0's share is
+    empty): the parameters, losses and accuracies of one process, to float rounding."""
+    net, history = references[config]
+    expected = net.backend.to_numpy(net.flat_parameters()[0])
+    rtol = 1e-5 if "float32" in config else 1e-10
+    for params, result in _rank_results(two_ranks, config, 2):
+        np.testing.assert_allclose(params, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+        for mine, theirs in zip(result["history"], history.epochs):
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                assert mine[key] == pytest.approx(theirs[key], rel=rtol * 10, abs=1e-12), key
+
+
+@pytest.mark.parametrize("config", worker.CONFIGS)
+def test_every_rank_holds_bit_identical_parameters(two_ranks, config):
+    (first, first_result), (second, second_result) = _rank_results(two_ranks, config, 2)
+    np.testing.assert_array_equal(first, second)
+    assert [r["loss"] for r in first_result["history"]] == [r["loss"] for r in second_result["history"]]
+
+
+@pytest.mark.parametrize("config", [c for c in worker.CONFIGS if c.startswith("numba")])
+def test_the_numba_backend_keeps_its_whole_step_kernel_under_mpi(two_ranks, config):
+    """The kernel computes each shard's gradients in one call (rule "none"), Python allreduces."""
+    _, result = _rank_results(two_ranks, config, 2)[0]
+    batches = -(-worker.N_SAMPLES // worker.BATCH)
+    assert result["whole_step_calls"] == worker.EPOCHS * (batches - 1)  # rank 0 has no share of the last
+
+
+def test_three_ranks_on_two_cores(tmp_path, references):
+    """Oversubscribed (3 ranks, 2 cores), shares of 7, 7 and 6 samples and a last batch that
+    only one rank holds: still the single process's model, on every rank."""
+    configs = ["numpy-float64-adam", "numba-float32-sgd-momentum"]
+    _ok(launch(3, "equivalence", str(tmp_path), *configs))
+    for config in configs:
+        net, _ = references[config]
+        expected = net.backend.to_numpy(net.flat_parameters()[0])
+        rtol = 1e-5 if "float32" in config else 1e-10
+        results = _rank_results(tmp_path, config, 3)
+        for params, _ in results:
+            np.testing.assert_allclose(params, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+            np.testing.assert_array_equal(params, results[0][0])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_non_finite_gradient_on_one_rank_stops_every_rank_at_the_same_batch(tmp_path, backend):
+    result = launch(2, "nonfinite", str(tmp_path), backend)
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2, result.stdout + result.stderr[-2000:]
+    messages = {line.split(": ", 1)[1] for line in lines}
+    assert len(messages) == 1, lines  # the same error, naming the same batch, on both ranks
+    assert messages.pop().startswith("NonFiniteError: epoch 1, batch 2:")
+
+
+def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
+    """Rank 1 raises; rank 0 would otherwise wait in its next allreduce for ever (the worker
+    asks for 1000 epochs). The excepthook ``init`` installs aborts the world."""
+    result = launch(2, "crash", str(tmp_path), timeout=120)
+    assert result.returncode != 0
+    assert "rank 1 fails on purpose" in result.stderr
+
+
+def test_a_checkpointed_run_resumed_on_two_ranks_matches_the_uninterrupted_run(tmp_path):
+    _ok(launch(2, "resume", str(tmp_path)))
+    whole = [np.load(tmp_path / f"whole-rank{rank}.npy") for rank in range(2)]
+    resumed = [np.load(tmp_path / f"resumed-rank{rank}.npy") for rank in range(2)]
+    for params in whole[1:] + resumed:
+        np.testing.assert_array_equal(params, whole[0])
+
+
+def test_ranks_that_hold_different_runs_all_refuse(tmp_path):
+    """Rank 1 has one sample fewer: the ranks would pair different steps' messages (or wait on
+    each other). Every rank raises the same ValueError before the first step instead."""
+    result = launch(2, "mismatch", str(tmp_path), timeout=120)
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2, result.stdout + result.stderr[-2000:]
+    assert all("every rank must train the same run" in line and "rank 1: samples 100" in line for line in lines)
+
+
+def test_mpiexec_fastnn_train_prints_once_and_trains_on_every_rank(tmp_path):
+    fastnn_cli = [sys.executable, "-m", "fastnn.cli"]
+    result = _ok(launch(2, command=[*fastnn_cli, "train", "xor", "--backend", "numpy", "--epochs", "3",
+                                    "--save", str(tmp_path / "net.npz")]))
+    assert result.stdout.count("training xor") == 1, result.stdout
+    assert result.stdout.count("final:") == 1, result.stdout
+    assert "2 ranks" in result.stdout
+    assert fastnn.Network.load(str(tmp_path / "net.npz")).parameter_count() > 0
+
+
+# --- alone: the same script, a world of one -----------------------------------------------------
+
+
+def test_alone_distributed_true_is_an_ordinary_fit():
+    config = "numpy-float64-sgd-momentum"
+    plain, plain_history = worker.train(config)
+    alone, alone_history = worker.train(config, True)
+    np.testing.assert_array_equal(plain.flat_parameters()[0], alone.flat_parameters()[0])
+    assert distributed.size() == 1 and distributed.rank() == 0 and distributed.is_main()
+
+
+def test_distributed_rejects_what_is_not_a_communicator():
+    net = worker.network("numpy", "float64")
+    X, y = worker.data("float64")
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        net.fit(X, y, "cross_entropy", distributed="yes", progress=False)
+
+
+def test_a_launcher_without_mpi4py_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py then raises ImportError
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    monkeypatch.setattr(distributed, "_world", None)
+    with pytest.raises(ImportError, match=r"one of 2 ranks.*pip install 'fastnn\[mpi\]'"):
+        distributed.init()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 64, 101])
+def test_shards_split_a_batch_into_contiguous_parts_that_cover_it_once(size, count):
+    class Comm:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def Get_rank(self):
+            return self.rank
+
+        def Get_size(self):
+            return size
+
+    worlds = []
+    for rank in range(size):
+        world = distributed.World.__new__(distributed.World)
+        world.comm, world.rank, world.size, world.local_size = Comm(rank), rank, size, 1
+        worlds.append(world)
+    shards = [world.shard(10, 10 + count) for world in worlds]
+    assert shards[0][0] == 10 and shards[-1][1] == 10 + count
+    assert all(a[1] == b[0] for a, b in zip(shards, shards[1:]))
+    sizes = [hi - lo for lo, hi in shards]
+    assert max(sizes) - min(sizes) <= 1
