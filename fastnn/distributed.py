@@ -16,6 +16,7 @@ brings mpi4py and MPICH; the same mpi4py also runs on Open MPI, Intel MPI or a c
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -53,7 +54,7 @@ class World:
         self.comm = comm
         self.rank = 0 if comm is None else int(comm.Get_rank())
         self.size = 1 if comm is None else int(comm.Get_size())
-        self.local_size = 1 if comm is None else _local_size(comm)
+        self.local_rank, self.local_size = (0, 1) if comm is None else _node_place(comm)
 
     @property
     def is_main(self) -> bool:
@@ -88,13 +89,14 @@ class World:
         return start + count * self.rank // self.size, start + count * (self.rank + 1) // self.size
 
 
-def _local_size(comm: Any) -> int:
-    """How many ranks of ``comm`` share this node (MPI's ``COMM_TYPE_SHARED`` split)."""
+def _node_place(comm: Any) -> tuple[int, int]:
+    """``(rank among the ranks on this node, how many there are)``, from MPI's
+    ``COMM_TYPE_SHARED`` split of ``comm``."""
     from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return int(node.Get_size())
+        return int(node.Get_rank()), int(node.Get_size())
     finally:
         node.Free()
 
@@ -122,6 +124,7 @@ def init(comm: Any = None, share_cores: bool = True) -> World:
     if world.size > 1:
         if share_cores:
             _share_cores(world)
+        _use_own_gpu(world)
         _abort_on_uncaught_exception(world)
     return world
 
@@ -190,6 +193,21 @@ def _share_cores(world: World) -> None:
         except ImportError:
             return
         threadpool_limits(share, user_api="blas")
+
+
+def _use_own_gpu(world: World) -> None:
+    """Where CuPy sees GPUs, make device ``local_rank % count`` this rank's current device (NCCL
+    takes one device per rank), before anything is allocated on one. Nothing without CuPy or GPUs."""
+    if "cupy" not in sys.modules and importlib.util.find_spec("cupy") is None:
+        return
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001  (no driver, no device: the CPU backends train)
+        return
+    if count > 0:
+        cupy.cuda.Device(world.local_rank % count).use()
 
 
 def _abort_on_uncaught_exception(world: World) -> None:

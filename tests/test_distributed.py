@@ -68,6 +68,15 @@ def references():
     return {config: worker.train(config) for config in worker.CONFIGS}
 
 
+def said(out: Path, rank: int, result: subprocess.CompletedProcess) -> str:
+    """The one line rank ``rank`` of the worker reported."""
+    path = out / f"said-rank{rank}.txt"
+    assert path.exists(), f"rank {rank} reported nothing\n{result.stdout}\n{result.stderr[-3000:]}"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def _rank_results(out: Path, config: str, ranks: int) -> list[tuple[np.ndarray, dict]]:
     return [(np.load(out / f"{config}-rank{rank}.npy"), json.loads((out / f"{config}-rank{rank}.json").read_text()))
             for rank in range(ranks)]
@@ -120,10 +129,8 @@ def test_three_ranks_on_two_cores(tmp_path, references):
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_non_finite_gradient_on_one_rank_stops_every_rank_at_the_same_batch(tmp_path, backend):
     result = launch(2, "nonfinite", str(tmp_path), backend)
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
-    assert len(lines) == 2, result.stdout + result.stderr[-2000:]
-    messages = {line.split(": ", 1)[1] for line in lines}
-    assert len(messages) == 1, lines  # the same error, naming the same batch, on both ranks
+    messages = {said(tmp_path, rank, result) for rank in range(2)}
+    assert len(messages) == 1, messages  # the same error, naming the same batch, on both ranks
     assert messages.pop().startswith("NonFiniteError: epoch 1, batch 2:")
 
 
@@ -147,16 +154,37 @@ def test_ranks_that_hold_different_runs_all_refuse(tmp_path):
     """Rank 1 has one sample fewer: the ranks would pair different steps' messages (or wait on
     each other). Every rank raises the same ValueError before the first step instead."""
     result = launch(2, "mismatch", str(tmp_path), timeout=120)
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
-    assert len(lines) == 2, result.stdout + result.stderr[-2000:]
-    assert all("every rank must train the same run" in line and "rank 1: samples 100" in line for line in lines)
+    for rank in range(2):
+        text = said(tmp_path, rank, result)
+        assert text.startswith("ValueError: distributed fit: every rank must train the same run"), text
+        assert "rank 0: samples 101" in text and "rank 1: samples 100" in text
+
+
+def test_the_cupy_backend_reduces_through_nccl_on_two_ranks(tmp_path, host_cuda_library, references):
+    """The CuPy stand-in (the real kernel source built for the host) with the NCCL stand-in: one
+    communicator per rank from rank 0's unique id, one in-place allreduce a step, each rank on
+    its own device, and the model one NumPy process trains. NCCL itself has not run here."""
+    _ok(launch(2, "nccl", str(tmp_path), str(host_cuda_library)))
+    net, history = references["numpy-float64-sgd-momentum"]
+    expected = net.flat_parameters()[0]
+    batches = -(-worker.N_SAMPLES // worker.BATCH)
+    results = [(np.load(tmp_path / f"nccl-rank{rank}.npy"),
+                json.loads((tmp_path / f"nccl-rank{rank}.json").read_text())) for rank in range(2)]
+    for params, result in results:
+        np.testing.assert_allclose(params, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+        np.testing.assert_array_equal(params, results[0][0])
+        assert result["communicators"] == 1 and result["allreduces"] == [worker.EPOCHS * batches]
+        assert result["device"] == 0
+        assert [r["loss"] for r in result["history"]] == pytest.approx(history["loss"], rel=1e-10)
 
 
 def test_mpiexec_fastnn_train_prints_once_and_trains_on_every_rank(tmp_path):
+    """The README's command (fewer epochs): one rank speaks, rank 0 alone writes the file."""
     fastnn_cli = [sys.executable, "-m", "fastnn.cli"]
-    result = _ok(launch(2, command=[*fastnn_cli, "train", "xor", "--backend", "numpy", "--epochs", "3",
+    result = _ok(launch(2, command=[*fastnn_cli, "train", "digits", "--backend", "numba", "--epochs", "2",
                                     "--save", str(tmp_path / "net.npz")]))
-    assert result.stdout.count("training xor") == 1, result.stdout
+    assert result.stdout.count("training digits") == 1, result.stdout
+    assert result.stdout.count("epoch 2/2") == 1, result.stdout
     assert result.stdout.count("final:") == 1, result.stdout
     assert "2 ranks" in result.stdout
     assert fastnn.Network.load(str(tmp_path / "net.npz")).parameter_count() > 0
@@ -205,7 +233,7 @@ def test_shards_split_a_batch_into_contiguous_parts_that_cover_it_once(size, cou
     worlds = []
     for rank in range(size):
         world = distributed.World.__new__(distributed.World)
-        world.comm, world.rank, world.size, world.local_size = Comm(rank), rank, size, 1
+        world.comm, world.rank, world.size, world.local_rank, world.local_size = Comm(rank), rank, size, 0, 1
         worlds.append(world)
     shards = [world.shard(10, 10 + count) for world in worlds]
     assert shards[0][0] == 10 and shards[-1][1] == 10 + count

@@ -49,6 +49,14 @@ def train(config: str, distributed_: object = False, **fit_args) -> tuple[fastnn
     return net, history
 
 
+def say(out: str, rank: int, text: str) -> None:
+    """One result line: into OUTDIR/said-rank{rank}.txt (ranks' stdout lines can interleave)."""
+    with open(os.path.join(out, f"said-rank{rank}.txt"), "a") as handle:
+        handle.write(text + "\n")
+    sys.stdout.write(f"rank {rank}: {text}\n")
+    sys.stdout.flush()
+
+
 def _params(net: fastnn.Network) -> np.ndarray:
     return np.array(net.backend.to_numpy(net.flat_parameters()[0]))
 
@@ -85,9 +93,9 @@ def nonfinite(world: distributed.World, out: str, backend: str) -> None:
         net.fit(X, np.eye(4, dtype=np.float32)[y], "mse", fastnn.SGD(lr=0.05), epochs=2, batch_size=BATCH,
                 shuffle=False, progress=False, distributed=True)
     except NonFiniteError as exc:
-        print(f"rank {world.rank}: NonFiniteError: {exc}", flush=True)
+        say(out, world.rank, f"NonFiniteError: {exc}")
     else:
-        print(f"rank {world.rank}: no error", flush=True)
+        say(out, world.rank, "no error")
 
 
 def crash(world: distributed.World, out: str) -> None:
@@ -124,12 +132,36 @@ def mismatch(world: distributed.World, out: str) -> None:
     try:
         network("numpy", "float64").fit(X, y, "cross_entropy", epochs=1, progress=False, distributed=True)
     except ValueError as exc:
-        print(f"rank {world.rank}: ValueError: {exc}", flush=True)
+        say(out, world.rank, f"ValueError: {exc}")
     else:
-        print(f"rank {world.rank}: no error", flush=True)
+        say(out, world.rank, "no error")
 
 
-MODES = {"mismatch": mismatch, "equivalence": equivalence, "nonfinite": nonfinite, "crash": crash, "resume": resume}
+def nccl(world: distributed.World, out: str, library: str) -> None:
+    """The CuPy backend's NCCL path on the CuPy stand-in (the real kernels built for the host)
+    and the NCCL stand-in, which checks NCCL's calling conventions and sums through MPI."""
+    from fastnn.backends.cupy_backend import CupyBackend
+    from support import fake_cupy, fake_nccl
+
+    fake = fake_cupy.FakeCupy(library, record=False)
+    sys.modules["cupy"] = fake
+    fake_nccl.install(fake)
+    world = distributed.init()  # again, now that CuPy is here: it picks this rank's device
+    backend = CupyBackend()
+    X, y = data("float64")
+    net = network("numpy", "float64").to(backend)
+    history = net.fit(X, y, "cross_entropy", OPTIMIZERS["sgd-momentum"](), epochs=EPOCHS, batch_size=BATCH, seed=3,
+                      validation_data=(X[:9], y[:9]), progress=False, distributed=True)
+    np.save(os.path.join(out, f"nccl-rank{world.rank}.npy"), np.asarray(net.flat_parameters()[0]))
+    communicators = fake_nccl.NcclCommunicator.made
+    with open(os.path.join(out, f"nccl-rank{world.rank}.json"), "w") as handle:
+        json.dump({"history": history.epochs, "communicators": len(communicators),
+                   "allreduces": [c.calls for c in communicators], "device": fake.current_device}, handle)
+    print(f"rank {world.rank}: done", flush=True)
+
+
+MODES = {"nccl": nccl, "mismatch": mismatch, "equivalence": equivalence, "nonfinite": nonfinite, "crash": crash,
+         "resume": resume}
 
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]

@@ -111,7 +111,9 @@ class FakeCupy(types.ModuleType):
 
         self.RawModule = raw_module
         self.asnumpy = np.asarray
-        device = types.SimpleNamespace(attributes={"MultiProcessorCount": 2}, synchronize=lambda: None)
+        self.current_device = None
+        device = types.SimpleNamespace(attributes={"MultiProcessorCount": 2}, synchronize=lambda: None,
+                                       use=lambda: setattr(self, "current_device", 0))
         self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
                                           Device=lambda index=0: device, Event=_Event,
                                           get_elapsed_time=lambda start, stop: (stop.at - start.at) * 1000.0)
