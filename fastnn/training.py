@@ -279,7 +279,7 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
                     _save_training(network, run.optimizer, checkpoint, epoch, run.rng, history, extras)
                 if stop:
                     break
-                if interrupt["stop"]:
+                if run.stopping(interrupt):
                     history.interrupted = True
                     break
         if run.parallel is not None:  # rank 0's BatchNorm statistics, so that every rank ends the same
@@ -464,7 +464,7 @@ class _Run:
             batch, seen = self._per_layer_epoch(order, epoch, bar, interrupt, started, before_batch)
         self.guard.settle(epoch)
         seconds = time.perf_counter() - started
-        if interrupt["stop"] and seen < self.n:
+        if self.stopping(interrupt) and seen < self.n:
             return None
         return self._record(batch + 1, seen, seconds)
 
@@ -493,7 +493,7 @@ class _Run:
                 bar.update(stop - start)
                 if batch % 16 == 0:
                     bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
-            if interrupt["stop"]:
+            if self.stopping(interrupt):
                 break
         return batch, seen
 
@@ -518,6 +518,11 @@ class _Run:
         if self.track_accuracy:
             self.batch_correct[batch] = self.loss.correct(self.backend.xp, out, yb)
         return value
+
+    def stopping(self, interrupt: dict[str, bool]) -> bool:
+        """Whether to stop after this batch: Ctrl-C here, or on several ranks, on any rank as
+        of the last step's allreduce (never a local flag: the ranks must stop at the same step)."""
+        return interrupt.get("agreed", False) if self.parallel is not None else interrupt["stop"]
 
     def _parallel_step(self, xb: Any, yb: Any, grad: Any, epoch: int, batch: int, rows: int,
                        interrupt: dict[str, bool]) -> Any:
@@ -547,7 +552,7 @@ class _Run:
         value = parallel.loss_sum / rows
         # a deferring backend reads the flag from the device only every 16th batch (every rank the same)
         if (not guard.deferred or batch % 16 == 15) and parallel.stop_requested():
-            interrupt["stop"] = True
+            interrupt["agreed"] = True
         if not guard.deferred and not math.isfinite(float(value)):
             raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
         if self.extras.clip is not None:
@@ -589,7 +594,7 @@ class _Run:
                 bar.update(stop - start)
                 if batch % 16 == 0:
                     bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
-            if interrupt["stop"]:
+            if self.stopping(interrupt):
                 break
         return batch, seen
 

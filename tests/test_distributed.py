@@ -134,6 +134,16 @@ def test_a_non_finite_gradient_on_one_rank_stops_every_rank_at_the_same_batch(tm
     assert messages.pop().startswith("NonFiniteError: epoch 1, batch 2:")
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_batch(tmp_path, backend):
+    """The signal reaches rank 1 as its 8th step's message is already going out, so its stop
+    flag travels with the 9th step's: every rank stops after step 9, none waits for another."""
+    result = launch(2, "interrupt", str(tmp_path), backend)
+    for rank in range(2):
+        assert said(tmp_path, rank, result) == "interrupted True after 1 epoch(s) and 9 steps"
+    np.testing.assert_array_equal(np.load(tmp_path / "interrupt-rank0.npy"), np.load(tmp_path / "interrupt-rank1.npy"))
+
+
 def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
     """Rank 1 raises; rank 0 would otherwise wait in its next allreduce for ever (the worker
     asks for 1000 epochs). The excepthook ``init`` installs aborts the world."""

@@ -160,8 +160,30 @@ def nccl(world: distributed.World, out: str, library: str) -> None:
     print(f"rank {world.rank}: done", flush=True)
 
 
-MODES = {"nccl": nccl, "mismatch": mismatch, "equivalence": equivalence, "nonfinite": nonfinite, "crash": crash,
-         "resume": resume}
+def interrupt(world: distributed.World, out: str, backend: str) -> None:
+    """Ctrl-C on rank 1 only, during its 8th step (epoch 2, batch 2): both ranks stop at one
+    step, with the same parameters and an interrupted history."""
+    import signal
+
+    from fastnn.data_parallel import DataParallel
+
+    steps = {"count": 0}
+    reduce = DataParallel.reduce
+
+    def counted(self, *args):
+        steps["count"] += 1
+        if world.rank == 1 and steps["count"] == 8:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in this rank's terminal
+        return reduce(self, *args)
+
+    DataParallel.reduce = counted
+    net, history = train(f"{backend}-float64-adam", True, epochs=5)
+    np.save(os.path.join(out, f"interrupt-rank{world.rank}.npy"), _params(net))
+    say(out, world.rank, f"interrupted {history.interrupted} after {len(history)} epoch(s) and {steps['count']} steps")
+
+
+MODES = {"interrupt": interrupt, "nccl": nccl, "mismatch": mismatch, "equivalence": equivalence,
+         "nonfinite": nonfinite, "crash": crash, "resume": resume}
 
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
