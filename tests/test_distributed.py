@@ -144,6 +144,23 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_batch(tmp_path, back
     np.testing.assert_array_equal(np.load(tmp_path / "interrupt-rank0.npy"), np.load(tmp_path / "interrupt-rank1.npy"))
 
 
+def test_ranks_share_the_cores_and_train_on_a_communicator_they_are_given(tmp_path, references):
+    """3 ranks on this machine: each gets max(1, cores // 3) Numba and BLAS threads; ranks 0 and 1
+    train on a communicator split from the world, rank 2 alone on its own: all three end with
+    the single process's model."""
+    result = _ok(launch(3, "placement", str(tmp_path)))
+    cores = len(os.sched_getaffinity(0))
+    for rank in range(3):
+        facts = json.loads(said(tmp_path, rank, result))
+        assert facts["local_size"] == 3 and facts["sub_size"] == (2 if rank < 2 else 1)
+        assert facts["numba_threads"] == max(1, cores // 3) and facts["blas_threads"] == [max(1, cores // 3)]
+    net, _ = references["numba-float64-adam"]
+    expected = net.flat_parameters()[0]
+    for rank in range(3):
+        np.testing.assert_allclose(np.load(tmp_path / f"placement-rank{rank}.npy"), expected, rtol=1e-10,
+                                   atol=1e-10 * np.abs(expected).max())
+
+
 def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
     """Rank 1 raises; rank 0 would otherwise wait in its next allreduce for ever (the worker
     asks for 1000 epochs). The excepthook ``init`` installs aborts the world."""

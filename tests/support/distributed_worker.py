@@ -182,7 +182,22 @@ def interrupt(world: distributed.World, out: str, backend: str) -> None:
     say(out, world.rank, f"interrupted {history.interrupted} after {len(history)} epoch(s) and {steps['count']} steps")
 
 
-MODES = {"interrupt": interrupt, "nccl": nccl, "mismatch": mismatch, "equivalence": equivalence,
+def placement(world: distributed.World, out: str) -> None:
+    """Threads per rank, and training on a sub-communicator: with 3 ranks, ranks 0 and 1 train
+    together on their own communicator while rank 2, alone on its own, trains by itself."""
+    import numba
+    from mpi4py import MPI
+    from threadpoolctl import threadpool_info
+
+    blas = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+    sub = MPI.COMM_WORLD.Split(color=0 if world.rank < 2 else 1, key=world.rank)
+    net, history = train("numba-float64-adam", sub)
+    np.save(os.path.join(out, f"placement-rank{world.rank}.npy"), _params(net))
+    say(out, world.rank, json.dumps({"numba_threads": numba.get_num_threads(), "blas_threads": blas,
+                                     "local_size": world.local_size, "sub_size": sub.Get_size()}))
+
+
+MODES = {"placement": placement, "interrupt": interrupt, "nccl": nccl, "mismatch": mismatch, "equivalence": equivalence,
          "nonfinite": nonfinite, "crash": crash, "resume": resume}
 
 if __name__ == "__main__":
