@@ -11,9 +11,11 @@ are exercised together; only the device execution itself is not.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -38,6 +40,34 @@ def build_host_kernels(directory: Path) -> Path:
     return library
 
 
+def hip_cpu_include() -> Path | None:
+    """AMD's HIP-CPU headers: ``$FASTNN_HIP_CPU``, else ``shared/vendor/hip-cpu`` beside the
+    repository or above it (where this project's machines keep their vendored tools)."""
+    candidates = [Path(os.environ["FASTNN_HIP_CPU"])] if os.environ.get("FASTNN_HIP_CPU") else []
+    candidates += [parent / "shared" / "vendor" / "hip-cpu" for parent in REPO.parents]
+    return next((path / "include" for path in candidates if (path / "include" / "hip" / "hip_runtime.h").exists()),
+                None)
+
+
+def tbb_prefix() -> Path | None:
+    """Where the environment's TBB headers and libtbb.so are (the ``tbb-devel`` wheel)."""
+    prefix = Path(sys.prefix)
+    return prefix if (prefix / "include" / "tbb").is_dir() and (prefix / "lib" / "libtbb.so").exists() else None
+
+
+def build_block_kernels(directory: Path, cuda_dir: Path = CUDA_DIR) -> Path:
+    """Compile the unmodified kernels (from ``cuda_dir``) against AMD's HIP-CPU runtime: each
+    launch runs its real grid of blocks (in parallel, on TBB) of real threads (fibers, switching at
+    ``__syncthreads``). The grid and block of each call come from ``fastnn_set_launch``."""
+    library = directory / "fastnn_cuda_blocks.so"
+    tbb = tbb_prefix()
+    command = [host_compiler(), "-std=c++17", "-O2", "-DFASTNN_BLOCKS", "-shared", "-fPIC", f"-I{hip_cpu_include()}",
+               f"-I{tbb}/include", f"-I{cuda_dir}", str(HOST_SOURCE), "-o", str(library), f"-L{tbb}/lib", "-ltbb",
+               f"-Wl,-rpath,{tbb}/lib", "-pthread"]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    return library
+
+
 _SCALARS = {np.float32: ctypes.c_float, np.float64: ctypes.c_double, np.int64: ctypes.c_longlong,
             np.int32: ctypes.c_int}
 
@@ -47,6 +77,7 @@ class _HostKernel:
         match = re.fullmatch(r"(\w+)<(float|double)>", name_expression)
         assert match, f"unexpected name expression {name_expression!r}"
         self.function = getattr(library, f"{match[1]}_{match[2]}")
+        self.set_launch = library.fastnn_set_launch  # the grid and block of the next call (blocks build)
         self.name, self.ctype = match[1], match[2]
         self.launches = launches
 
@@ -68,6 +99,7 @@ class _HostKernel:
                 converted.append(scalar(arg))
         if self.launches is not None:
             self.launches.append((self.name, self.ctype, grid, block))
+        self.set_launch(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]))
         self.function(*converted)
 
 
@@ -99,7 +131,7 @@ class _Event:
 class FakeCupy(types.ModuleType):
     """``import cupy`` as seen by fastnn: NumPy underneath, plus what the backend uses of CuPy."""
 
-    def __init__(self, library_path: Path, record: bool = True) -> None:
+    def __init__(self, library_path: Path, record: bool = True, multiprocessors: int = 2) -> None:
         super().__init__("cupy")
         library = ctypes.CDLL(str(library_path))
         self.launches: list | None = [] if record else None  # every launch, for tests that read them
@@ -112,7 +144,7 @@ class FakeCupy(types.ModuleType):
         self.RawModule = raw_module
         self.asnumpy = np.asarray
         self.current_device = None
-        device = types.SimpleNamespace(attributes={"MultiProcessorCount": 2}, synchronize=lambda: None,
+        device = types.SimpleNamespace(attributes={"MultiProcessorCount": multiprocessors}, synchronize=lambda: None,
                                        use=lambda: setattr(self, "current_device", 0))
         self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
                                           Device=lambda index=0: device, Event=_Event,
