@@ -8,13 +8,21 @@
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
 
 // After the GEMM, in one pass: z += bias (when has_bias), y = g(z). z, y: (rows, cols).
+// The column of element i follows the grid-stride loop incrementally: one 64-bit modulo per
+// thread, not one per element (a 64-bit division costs tens of cycles on a GPU).
 template <typename T>
 __global__ void bias_activation(T* z, const T* bias, T* y, long long rows, long long cols, int code, T alpha,
                                 int has_bias) {
-  FASTNN_GRID_STRIDE(i, rows * cols) {
-    T v = z[i] + (has_bias ? bias[i % cols] : T(0));
+  const long long stride = (long long)blockDim.x * gridDim.x;
+  const long long column_step = stride % cols;
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  long long column = i % cols;
+  for (; i < rows * cols; i += stride) {
+    T v = z[i] + (has_bias ? bias[column] : T(0));
     z[i] = v;
     y[i] = fastnn::activation(code, v, alpha);
+    column += column_step;
+    if (column >= cols) column -= cols;
   }
 }
 

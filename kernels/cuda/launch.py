@@ -47,6 +47,7 @@ class CudaKernels:
     def __init__(self, cupy: Any) -> None:
         self.cp = cupy
         self._module = None
+        self._functions: dict[tuple[str, str], Any] = {}  # looked up once, not per launch
         self._max_blocks: int | None = None
         self._scratch: dict[tuple[int, np.dtype], Any] = {}
 
@@ -64,7 +65,10 @@ class CudaKernels:
             device = self.cp.cuda.Device()
             self._max_blocks = 32 * int(device.attributes["MultiProcessorCount"])
         grid = max(1, min(math.ceil(work / BLOCK), self._max_blocks))
-        function = self.module().get_function(f"{kernel}<{CTYPES[np.dtype(dtype)]}>")
+        key = (kernel, CTYPES[np.dtype(dtype)])
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = self.module().get_function(f"{kernel}<{key[1]}>")
         function((grid,), (BLOCK,), args)
 
     def scratch(self, size: int, dtype: Any) -> Any:
