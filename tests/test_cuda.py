@@ -96,6 +96,55 @@ def test_a_training_step_keeps_the_loss_on_the_device(cupy_standin):
     ]
 
 
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_cupy_builds_the_module_with_its_own_nvrtc_compile(arch, tmp_path, monkeypatch):
+    """The module as CuPy really builds it: CuPy 13's own compile path (its options, -ftz=true
+    among them, its name lowering) through NVIDIA's NVRTC wheel, which fastnn preloads. Only the
+    device query and the module load are stubbed. The log must be empty, every name expression
+    must resolve to a mangled symbol, and the result must be a cubin for that architecture."""
+    import cupy  # noqa: F401  (the test extra installs CuPy 13 and the NVRTC wheel)
+
+    from fastnn.backends import cuda_libraries
+
+    loaded = cuda_libraries.preload()
+    assert any("libnvrtc.so" in key for key in loaded) or _system_has_nvrtc(), \
+        "neither the nvidia-cuda-nvrtc wheel nor the system supplies NVRTC"
+    from cupy.cuda import compiler
+
+    class Module:  # the driver-side load, stubbed: keeps what CuPy would load
+        def _set_mapping(self, mapping):
+            self.mapping = mapping
+
+        def load(self, cubin):
+            self.cubin = cubin
+
+    def arch_options(arch=None):  # CuPy's choice, minus the device query
+        if int(arch) <= int(compiler._get_max_compute_capability()):
+            return f"-arch=sm_{arch}", "cubin"
+        return f"-arch=compute_{arch}", "ptx"
+
+    monkeypatch.setattr(compiler, "function", types.SimpleNamespace(Module=Module, LinkState=None))
+    monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc", arch_options)
+    log = __import__("io").StringIO()
+    names = launch.name_expressions()
+    module = compiler._compile_module_with_cache(launch.module_source(), launch.MODULE_OPTIONS, arch=arch,
+                                                 cache_dir=str(tmp_path), name_expressions=names, log_stream=log)
+    assert log.getvalue() == ""
+    assert sorted(module.mapping) == sorted(names)
+    assert all(symbol.startswith("_Z") for symbol in module.mapping.values()), module.mapping
+    assert module.cubin[:4] == b"\x7fELF"  # a cubin (SASS for sm_{arch}), not PTX
+
+
+def _system_has_nvrtc() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvrtc.so.12")
+    except OSError:
+        return False
+    return True
+
+
 def test_checkpoints_move_between_backends(cupy_standin, tmp_path):
     backend, _ = cupy_standin
     with fastnn.use_backend(backend):

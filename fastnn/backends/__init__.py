@@ -64,13 +64,17 @@ def _cupy_probe() -> str | None:
         return f"CuPy is installed but no CUDA device is usable: {exc}"
     if count < 1:
         return "CuPy is installed but no CUDA device is usable: the driver reports 0 devices"
+    from .cuda_libraries import preload
+
+    preload()  # NVRTC and cuBLAS from NVIDIA's wheels (the cuda12/cuda13 extras) where the system has none
     steps = (("compile and run a kernel (NVRTC)", _probe_kernel), ("multiply with cuBLAS", _probe_cublas))
     for what, step in steps:
         try:
             step(cupy)
         except Exception as exc:  # a missing libnvrtc/libcublas, an unsupported GPU, ...
             return (f"CuPy sees {count} CUDA device(s) but cannot {what}: {type(exc).__name__}: {exc} "
-                    "(CuPy's CUDA libraries come with its [ctk] extra or a CUDA toolkit)")
+                    "(pip install 'fastnn[cuda12]' or 'fastnn[cuda13]' brings NVIDIA's NVRTC and cuBLAS "
+                    "wheels, which fastnn loads; or install a CUDA toolkit)")
     return None
 
 

@@ -19,6 +19,9 @@ class CupyBackend(Backend):
         import cupy
 
         from ..kernels.cuda.launch import kernel_set
+        from .cuda_libraries import preload
+
+        preload()  # before CuPy first opens NVRTC or cuBLAS by name
 
         self.xp = cupy
         self.kernels = kernel_set(cupy)

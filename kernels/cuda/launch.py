@@ -35,6 +35,14 @@ CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 BLOCK = 256
 
 
+MODULE_OPTIONS = ("--std=c++17",)  # CuPy adds its own (-ftz=true, -arch=sm_XX, include paths)
+
+
+def name_expressions() -> list[str]:
+    """Every kernel instantiation the module must export, as RawModule names them."""
+    return [f"{kernel}<{ctype}>" for kernel in KERNELS for ctype in CTYPES.values()]
+
+
 def module_source() -> str:
     """The kernel file with its header inlined, so NVRTC needs no include path."""
     source = kernel_source("cuda/fastnn_kernels.cu")
@@ -53,8 +61,8 @@ class CudaKernels:
 
     def module(self) -> Any:
         if self._module is None:
-            names = [f"{kernel}<{ctype}>" for kernel in KERNELS for ctype in CTYPES.values()]
-            self._module = self.cp.RawModule(code=module_source(), options=("--std=c++17",), name_expressions=names)
+            self._module = self.cp.RawModule(code=module_source(), options=MODULE_OPTIONS,
+                                             name_expressions=name_expressions())
         return self._module
 
     def launch(self, kernel: str, dtype: Any, work: int, args: tuple) -> None:
