@@ -9,6 +9,7 @@ warm-up repeat (which also compiles JAX's epoch). PyTorch uses the same thread c
 BLAS; JAX (XLA) uses its own thread pool over every core. Both are optional.
 
     python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5] [--busy]
+                                  [--dropout P]
 
 ``--busy`` runs a busy-looping process beside every contender: more runnable threads than CPUs,
 as when a machine is shared, which is where waiting threads must give way rather than spin.
@@ -33,13 +34,15 @@ from fastnn.bench.measure import settle  # a 20-epoch digits run is shorter than
 NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
 LAYERS, BATCH = NETS["digits"]
 LR = 0.1
+DROPOUT = 0.0  # --dropout: a Dropout(p) after each hidden layer (fastnn and PyTorch only)
 
 
 def fastnn_samples_per_s(X, y, epochs, backend):
     with fastnn.use_backend(backend):
+        dropout = [[fastnn.Dropout(DROPOUT, seed=10 + k)] if DROPOUT else [] for k in range(2)]
         net = fastnn.Network([
-            fastnn.Linear(LAYERS[0], LAYERS[1], "relu", seed=0),
-            fastnn.Linear(LAYERS[1], LAYERS[2], "relu", seed=1),
+            fastnn.Linear(LAYERS[0], LAYERS[1], "relu", seed=0), *dropout[0],
+            fastnn.Linear(LAYERS[1], LAYERS[2], "relu", seed=1), *dropout[1],
             fastnn.Linear(LAYERS[2], LAYERS[3], seed=2),
         ])
         started = time.perf_counter()
@@ -86,9 +89,10 @@ def torch_samples_per_s(X, y, epochs, threads):
         return None
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dropout = [torch.nn.Dropout(DROPOUT)] if DROPOUT else []
     model = torch.nn.Sequential(
-        torch.nn.Linear(LAYERS[0], LAYERS[1]), torch.nn.ReLU(),
-        torch.nn.Linear(LAYERS[1], LAYERS[2]), torch.nn.ReLU(),
+        torch.nn.Linear(LAYERS[0], LAYERS[1]), torch.nn.ReLU(), *dropout,
+        torch.nn.Linear(LAYERS[1], LAYERS[2]), torch.nn.ReLU(), *[torch.nn.Dropout(DROPOUT)] * bool(DROPOUT),
         torch.nn.Linear(LAYERS[2], LAYERS[3]))
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -107,9 +111,10 @@ def torch_samples_per_s(X, y, epochs, threads):
     return n * epochs / (time.perf_counter() - started)
 
 
-def torch_repeats(X, y, epochs, threads, repeats, net) -> list[float]:
-    global LAYERS, BATCH
+def torch_repeats(X, y, epochs, threads, repeats, net, dropout=0.0) -> list[float]:
+    global LAYERS, BATCH, DROPOUT
     LAYERS, BATCH = NETS[net]  # a spawned child starts from the module defaults
+    DROPOUT = dropout
     rates = [torch_samples_per_s(X, y, epochs, threads) for _ in range(repeats + 1)]
     return [] if rates[0] is None else rates[1:]
 
@@ -219,9 +224,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--net", choices=sorted(NETS), default="digits")
     parser.add_argument("--busy", action="store_true", help="a busy-looping process runs beside every contender")
+    parser.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                        help="a Dropout(P) after each hidden layer, in fastnn and PyTorch (the NumPy loop and JAX "
+                             "are then left out)")
     args = parser.parse_args(argv)
-    global LAYERS, BATCH
+    global LAYERS, BATCH, DROPOUT
     LAYERS, BATCH = NETS[args.net]
+    DROPOUT = args.dropout
     if args.net == "digits":
         X, _, y, _ = fastnn.datasets.digits()
     else:
@@ -237,26 +246,30 @@ def main(argv=None) -> dict:
             settle()
             fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)
             settle()
-            loop = numpy_loop_samples_per_s(X, y, args.epochs)
+            loop = numpy_loop_samples_per_s(X, y, args.epochs) if not DROPOUT else None
             if "fastnn numpy" in results:
                 settle()
                 reference, _ = fastnn_samples_per_s(X, y, args.epochs, "numpy")
             if repeat:
                 results["fastnn"].append(fast)
-                results["numpy loop"].append(loop)
+                if loop is not None:
+                    results["numpy loop"].append(loop)
                 if "fastnn numpy" in results:
                     results["fastnn numpy"].append(reference)
         # PyTorch runs afterwards in a child process while this one waits: its OpenMP workers keep
         # spinning after each op and would steal the second core from anything run beside them.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
-                                                 args.net).result()
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # likewise XLA's
-            results["jax jit+scan"] = pool.submit(jax_repeats, X, y, args.epochs, args.repeats, args.net).result()
+                                                 args.net, DROPOUT).result()
+        if not DROPOUT:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # likewise XLA's
+                results["jax jit+scan"] = pool.submit(jax_repeats, X, y, args.epochs, args.repeats,
+                                                      args.net).result()
     medians = {name: statistics.median(v) for name, v in results.items() if v}
     print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
           f"{args.epochs} epochs x {args.repeats} repeats, "
           f"{threads} BLAS thread(s); fastnn backend {args.backend!r}, final loss {loss:.4f}"
+          + (f", Dropout({DROPOUT}) after each hidden layer" if DROPOUT else "")
           + (", beside a busy process" if args.busy else ""))
     for name, values in results.items():
         if values:
@@ -264,14 +277,16 @@ def main(argv=None) -> dict:
                   f"(min {min(values):,.0f}, max {max(values):,.0f})")
     if "torch eager" in medians:
         print(f"  fastnn / torch eager  = {medians['fastnn'] / medians['torch eager']:.2f}x")
-        print(f"  numpy loop / torch    = {medians['numpy loop'] / medians['torch eager']:.2f}x")
+        if "numpy loop" in medians:
+            print(f"  numpy loop / torch    = {medians['numpy loop'] / medians['torch eager']:.2f}x")
     else:
         print("  torch is not installed: PyTorch comparison skipped (pip install torch==2.13.0)")
     if "jax jit+scan" in medians:
         print(f"  fastnn / jax jit+scan = {medians['fastnn'] / medians['jax jit+scan']:.2f}x")
-    else:
+    elif not DROPOUT:
         print("  jax is not installed: JAX comparison skipped (pip install jax)")
-    print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")
+    if "numpy loop" in medians:
+        print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")
     if "fastnn numpy" in medians:
         print(f"  fastnn / numpy backend = {medians['fastnn'] / medians['fastnn numpy']:.2f}x")
     return medians

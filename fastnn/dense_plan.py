@@ -3,7 +3,8 @@ in a single call (``Backend.dense_trainer``).
 
 The plan is data only: per layer its sizes, activation and where its weight and bias sit in
 the network's flat parameter buffer. ``Linear`` layers qualify, each optionally followed by an
-``Activation`` layer (folded into it when the ``Linear`` has none), trained with softmax
+``Activation`` layer (folded into it when the ``Linear`` has none) and then a ``Dropout`` (not
+after the last layer: the loss reads the logits), trained with softmax
 cross-entropy on integer labels or with mean squared error on targets shaped like the output
 (seed 003's recipe). Any other layer or loss gives no plan, and ``fit`` keeps the per-layer
 path. Layers know nothing of this: the plan reads their public attributes.
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import losses as _losses
-from .layers import Activation, Linear
+from .layers import Activation, Dropout, Linear
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class DenseLayer:
     alpha: float | None
     weight_offset: int
     bias_offset: int | None
+    dropout: float = 0.0  # a Dropout(p) after the activation (0: none)
+    dropout_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,12 @@ def dense_plan(network: Any, loss: _losses.Loss, X: Any, target: Any) -> DensePl
         if isinstance(layer, Linear):
             stack.append(DenseLayer(layer.in_features, layer.out_features, layer.activation, layer.alpha,
                                     offsets[index, "weight"], offsets.get((index, "bias"))))
-        elif isinstance(layer, Activation) and stack and stack[-1].activation == "identity":
+        elif isinstance(layer, Activation) and stack and stack[-1].activation == "identity" \
+                and stack[-1].dropout == 0:
             stack[-1] = replace(stack[-1], activation=layer.activation, alpha=layer.alpha)
+        elif isinstance(layer, Dropout) and stack and stack[-1].dropout == 0 and index < len(network.layers) - 1:
+            if layer.p > 0:
+                stack[-1] = replace(stack[-1], dropout=layer.p, dropout_seed=layer.seed)
         else:
             return None
     if not stack:

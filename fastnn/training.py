@@ -462,6 +462,9 @@ class _Run:
                                        self.batch_losses, self.batch_correct, bar, interrupt, before_batch)
         else:
             batch, seen = self._per_layer_epoch(order, epoch, bar, interrupt, started, before_batch)
+        if self.trainer is not None:  # the kernel drew the Dropout masks: the layers' counts follow
+            for layer in self.stepped:
+                layer.at_step((epoch - 1) * self.n_batches + batch + 1)
         self.guard.settle(epoch)
         seconds = time.perf_counter() - started
         if self.stopping(interrupt) and seen < self.n:
@@ -582,7 +585,7 @@ class _Run:
             loss_sum = correct = 0.0
             if hi > lo:
                 trainer.gradients(self.X, self.target, order[lo:hi], grads, self.guard.snapshot, self.shard_loss,
-                                  self.shard_correct)
+                                  self.shard_correct, dropout_step=(epoch - 1) * self.n_batches + batch)
                 if hi - lo != stop - start:
                     grads *= (hi - lo) / (stop - start)
                 loss_sum, correct = self.shard_loss[0] * (hi - lo), self.shard_correct[0]
@@ -651,7 +654,7 @@ def _fused_epoch(trainer: Any, network: Any, X: Any, target: Any, order: Any, ep
             before_batch(done)
         ran, failure, bad = trainer.run(X, target, order, done, count, batch_size, optimizer,
                                         optimizer.bind(network), grads, guard.snapshot, batch_losses,
-                                        batch_correct)
+                                        batch_correct, dropout_step=(epoch - 1) * n_batches + done)
         done += ran
         previously, seen = seen, min(done * batch_size, n)
         if failure is not None:

@@ -356,3 +356,83 @@ def test_the_per_layer_passes_match_the_reference(activation, dtype):
     if activation == "identity":
         expected = dy.astype(np.float64)
     np.testing.assert_allclose(dz, expected, **tol)
+
+
+# --- Dropout inside the whole step ------------------------------------------------------------------
+
+
+def _dropout_net(backend, dtype, hidden=(13, 7), p=(0.3, 0.5), first_activation="tanh"):
+    """Odd widths: groups of four mask words straddle rows and the threads' row blocks."""
+    kw = {"backend": backend, "dtype": dtype}
+    return fastnn.Network([fastnn.Linear(64, hidden[0], first_activation, seed=0, **kw),
+                           fastnn.Dropout(p[0], seed=41, **kw), fastnn.Linear(hidden[0], hidden[1], seed=1, **kw),
+                           fastnn.ReLU(**kw),
+                           fastnn.Dropout(p[1], seed=2**63 + 5, **kw), fastnn.Linear(hidden[1], 10, seed=2, **kw)])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_trains_in_the_whole_step_kernel_with_the_per_layer_masks(digits, runs, dtype, optimizer):
+    """The kernel draws each element's mask as the Dropout layer does (same seed, global step
+    and element index), so it trains the per-layer path's model: the NumPy backend's, to
+    rounding, over three shuffled epochs with a ragged last batch; and it leaves each Dropout's
+    step count where the per-layer path would."""
+    X, y = digits
+    make = {"sgd": lambda: fastnn.SGD(0.1, momentum=0.9), "adam": lambda: fastnn.Adam(0.01)}[optimizer]
+    results = {}
+    for backend in ("numpy", "numba"):
+        net = _dropout_net(backend, dtype)
+        history = net.fit(X, y, "cross_entropy", make(), epochs=3, batch_size=37, seed=4, progress=False)
+        results[backend] = (net.flat_parameters()[0], history["loss"],
+                            [layer.steps for layer in net.layers if isinstance(layer, fastnn.Dropout)])
+    assert runs, "the whole-step trainer did not run"
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(results["numba"][0], results["numpy"][0], rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(results["numba"][1], results["numpy"][1], rtol=rtol)
+    assert results["numba"][2] == results["numpy"][2] == [3 * 9] * 2  # 300 samples: 9 batches of <= 37
+
+
+def test_dropout_masks_in_the_kernel_are_those_of_the_layer(digits, runs):
+    """One step with lr 0 and p 0.5: the per-layer forward of each Dropout and the kernel's
+    stored factors must be the same mask (a kernel drawing other masks would still train)."""
+    from fastnn.kernels.numba import trainer as numba_trainer
+
+    X, y = digits
+    net = _dropout_net("numba", np.float64, hidden=(13, 7), p=(0.5, 0.5), first_activation=None)
+    captured = {}
+    run = numba_trainer.DenseTrainer.run
+
+    def keep(self, *args, **kwargs):
+        result = run(self, *args, **kwargs)
+        captured["work"], captured["layers"] = self.work.copy(), self.layers.copy()
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numba_trainer.DenseTrainer, "run", keep)
+        net.fit(X[:32], y[:32], "cross_entropy", fastnn.SGD(1e-30), epochs=1, batch_size=32, shuffle=False,
+                progress=False)
+    work, layers = captured["work"], captured["layers"]
+    threads, per_thread = work.shape[0], -(-32 // work.shape[0])
+    for k, (n_out, p_layer) in enumerate(((13, net.layers[1]), (7, net.layers[4]))):
+        factors = np.concatenate([work[t, layers[k, 11]:layers[k, 11] + min(per_thread, 32 - t * per_thread) * n_out]
+                                  for t in range(threads)])
+        ones = np.ones((32, n_out))
+        expected = net.backend.dropout(ones, 0.5, seed=p_layer.seed, step=0)
+        np.testing.assert_array_equal(factors.reshape(32, n_out), expected)
+
+
+def test_the_plan_takes_dropout_after_a_hidden_layer_only():
+    loss, X, y = fastnn.losses.get("cross_entropy"), np.zeros((4, 64)), np.zeros(4, np.int64)
+
+    def plan(*layers):
+        with fastnn.use_backend("numba"):
+            return dense_plan(fastnn.Network(list(layers)), loss, X, y)
+
+    taken = plan(fastnn.Linear(64, 8), fastnn.ReLU(), fastnn.Dropout(0.25, seed=3), fastnn.Linear(8, 10))
+    assert [(layer.activation, layer.dropout, layer.dropout_seed) for layer in taken.layers] == \
+        [("relu", 0.25, 3), ("identity", 0.0, 0)]
+    assert plan(fastnn.Linear(64, 8), fastnn.Dropout(0.0), fastnn.Linear(8, 10)).layers[0].dropout == 0.0
+    assert plan(fastnn.Dropout(0.5), fastnn.Linear(64, 10)) is None  # before the first layer
+    assert plan(fastnn.Linear(64, 10), fastnn.Dropout(0.5)) is None  # on the logits
+    assert plan(fastnn.Linear(64, 8), fastnn.Dropout(0.5), fastnn.ReLU(), fastnn.Linear(8, 10)) is None  # g(drop(z))
+    assert plan(fastnn.Linear(64, 8), fastnn.Dropout(0.5), fastnn.Dropout(0.5), fastnn.Linear(8, 10)) is None

@@ -38,6 +38,7 @@ from numba.extending import intrinsic
 
 from . import atomics, elementwise, simd, small_gemm
 from .blas import NO_TRANS, ROW_MAJOR, TRANS
+from .dropout import masked_copy
 from .jit import stamped
 from .losses import row_exp
 from .optimizers import adam, sgd
@@ -202,6 +203,13 @@ def _view(buffer, offset, rows, cols):
 # --- one row block: forward, loss, backward -------------------------------------------------------
 
 
+@njit(inline="always", **_FLAGS)
+@stamped
+def _output_offset(layers, layer):
+    """Where layer ``layer``'s output, the next layer's input, is: after dropout if it has one."""
+    return layers[layer, 10] if layers[layer, 10] >= 0 else layers[layer, 6]
+
+
 @njit(**_FLAGS)
 @stamped
 def _loss_and_grad(out, targets, idx, dy, inv_n):
@@ -246,9 +254,16 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
 
 @njit(**_FLAGS)
 @stamped
-def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n):
-    """Forward and backward for the samples ``idx`` (one thread's rows), weight and bias
-    gradients of their share of the batch mean into ``grads``. Returns (loss sum, correct)."""
+def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n,
+                           drop_keys, drop_scales, drop_step, first_row):
+    """Forward and backward for the samples ``idx`` (one thread's rows, from row ``first_row`` of
+    the batch), weight and bias gradients of their share of the batch mean into ``grads``.
+    Returns (loss sum, correct).
+
+    A layer with dropout (``layers[l, 10] >= 0``) keeps its activation ``y`` for its backward,
+    hands ``y * m`` (at ``layers[l, 10]``) to the next layer and keeps the mask's factors ``m``
+    (0 or 1 / (1 - p), at ``layers[l, 11]``) for the gradient; the mask of batch element ``e``
+    is that of ``Dropout`` at global step ``drop_step`` (``dropout.masked_copy``)."""
     rows = idx.size
     n_layers = layers.shape[0]
     one = like(work[0], 1.0)
@@ -273,6 +288,10 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
         bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
         bias_activation(code, z, bias, y, alphas[layer])
         a = y
+        if layers[layer, 10] >= 0:
+            a = _view(work, layers[layer, 10], rows, n_out)
+            masked_copy(y.reshape(y.size), a.reshape(a.size), work[layers[layer, 11]:layers[layer, 11] + rows * n_out],
+                        first_row * n_out, drop_keys[layer, 1], drop_step, drop_keys[layer, 0], drop_scales[layer])
 
     last = n_layers - 1
     classes = layers[last, 1]
@@ -280,12 +299,18 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
     loss, correct = _loss_and_grad(a, targets, idx, dy, inv_n)
 
     for layer in range(last, -1, -1):
-        n_in, n_out, code, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer]
+        n_in, n_out, code, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer, :10]
         z = _view(work, z_off, rows, n_out)
         y = _view(work, y_off, rows, n_out)
         dz = _view(work, d_off, rows, n_out)
-        activation_backward(code, _view(work, g_off, rows, n_out), z, y, dz, alphas[layer])
-        a_prev = x if layer == 0 else _view(work, layers[layer - 1, 6], rows, n_in)
+        dy = _view(work, g_off, rows, n_out)
+        if layers[layer, 10] >= 0:  # the gradient reaching y: through the mask's factors
+            factors = work[layers[layer, 11]:layers[layer, 11] + rows * n_out]
+            flat = dy.reshape(dy.size)
+            for e in range(flat.size):
+                flat[e] *= factors[e]
+        activation_backward(code, dy, z, y, dz, alphas[layer])
+        a_prev = x if layer == 0 else _view(work, _output_offset(layers, layer - 1), rows, n_in)
         w_grad = grads.ctypes.data + w_off * itemsize
         if wt_off >= 0:  # dW = dz.T @ a_prev: dz.T is dz read with swapped strides
             small_gemm.gemm(dz.ctypes.data, 1, n_out, a_prev.ctypes.data, n_in, w_grad, n_in, n_out, n_in, rows, one)
@@ -391,14 +416,15 @@ def _row_blocks(rows, threads):
 @njit(**_FLAGS)
 @stamped
 def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers, alphas, nobias,
-                gemm, ilp64, inv_n, block_loss, block_correct):
+                gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step):
     """Phase one of a batch, task ``t``: forward and backward of row block ``t`` into its own
     gradient buffer (``grads`` for block 0, ``partial[t - 1]`` for the others)."""
     lo = start + t * block
     hi = min(lo + block, stop)
     target = grads if t == 0 else partial[t - 1]
     block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, order[lo:hi], params, wt, target, work[t],
-                                                             layers, alphas, nobias, gemm, ilp64, inv_n)
+                                                             layers, alphas, nobias, gemm, ilp64, inv_n, drop_keys,
+                                                             drop_scales, drop_step, lo - start)
 
 
 @njit(**_FLAGS)
@@ -424,7 +450,7 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
 @stamped
 def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers, alphas,
                   nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
-                  status, sync, block_loss, block_correct, checks):
+                  status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
@@ -435,6 +461,10 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
     ``threads`` columns): ``sync`` (int64, two rows a batch: the phases' counters, see
     ``atomics``), ``block_loss`` (float64) and ``block_correct`` (int64) per row block, ``checks``
     (bool, ``[0]`` gradients and ``[1]`` parameters finite, per slice).
+
+    Dropout: ``drop_keys`` (uint64, per layer: keep threshold and seed), ``drop_scales`` (per
+    layer, the data's dtype) and ``drop_step`` (uint64, the global step of batch ``first``; batch
+    ``first + i`` draws the masks of step ``drop_step + i``).
 
     The threads enter one parallel loop for the whole chunk and meet twice a batch, after the
     row blocks (phase one) and after the parameter slices (phase two), on atomic counters
@@ -461,7 +491,8 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
                 t = (worker + k) % blocks
                 if atomics.claim(phase, t):
                     _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers,
-                                alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i])
+                                alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i], drop_keys,
+                                drop_scales, drop_step + np.uint64(i))
                     atomics.finish(phase)
             atomics.wait(phase, blocks)
             if not math.isfinite(block_loss[i, :blocks].sum()):

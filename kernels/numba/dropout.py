@@ -29,6 +29,42 @@ def philox_word(group, step, seed, j):
     return c0 if j == 0 else (c1 if j == 1 else (c2 if j == 2 else c3))
 
 
+@njit(inline="always", cache=True)
+def philox4(group, step, seed):
+    """All four words of Philox4x32-10 with counter (group, step) and key seed (all uint64)."""
+    c0, c1 = group & _LOW, group >> _SHIFT
+    c2, c3 = step & _LOW, step >> _SHIFT
+    k0, k1 = seed & _LOW, seed >> _SHIFT
+    for _ in range(10):
+        p0 = _M0 * c0
+        p1 = _M1 * c2
+        c0, c1, c2, c3 = (p1 >> _SHIFT) ^ c1 ^ k0, p1 & _LOW, (p0 >> _SHIFT) ^ c3 ^ k1, p0 & _LOW
+        k0 = (k0 + _W0) & _LOW
+        k1 = (k1 + _W1) & _LOW
+    return c0, c1, c2, c3
+
+
+@njit(inline="always", cache=True)
+def masked_copy(y, out, factors, first, seed, step, threshold, scale):
+    """``out = y * m`` and ``factors = m`` for the flat ``y`` whose first element is element
+    ``first`` of the layer's output: ``m`` is the mask ``_dropout`` draws for those elements
+    (0 or ``scale``), one Philox call per group of four. For the whole-step trainer, whose
+    threads each hold a block of the batch's rows."""
+    n = y.size
+    zero = scale - scale
+    e = 0
+    while e < n:
+        index = np.uint64(first + e)
+        words = philox4(index >> np.uint64(2), step, seed)
+        for j in range(int(index & np.uint64(3)), 4):
+            if e >= n:
+                break
+            f = scale if words[j] >= threshold else zero
+            factors[e] = f
+            out[e] = y[e] * f
+            e += 1
+
+
 def _dropout(x, out, seed, step, threshold, scale):
     """x, out 1-D; seed, step, threshold uint64; scale in x's dtype."""
     n = x.size

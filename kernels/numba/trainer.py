@@ -9,6 +9,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..numpy.dropout import threshold_and_scale
 from . import blas as _blas
 from . import dense_step
 from .scalar import CODES
@@ -22,7 +23,8 @@ class DenseTrainer:
     """Trains one ``fastnn.dense_plan.DensePlan`` network: ``run`` does a chunk of batches.
 
     Each of ``threads`` row blocks gets its own workspace row (gathered inputs, then z, y, dz and
-    dL/dy per layer, each ``block_rows`` long) and, but the first, its own gradient buffer. Layers whose
+    dL/dy per layer, each ``block_rows`` long, and after a layer with dropout its masked output
+    and the mask's factors) and, but the first, its own gradient buffer. Layers whose
     weights are small get the JIT GEMM and a slot in ``transposed_weights`` (see ``dense_step``)."""
 
     def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
@@ -37,12 +39,18 @@ class DenseTrainer:
             weights = layer.in_features * layer.out_features
             # small weights: the JIT GEMM, with a transposed copy for the forward; large: BLAS
             small = weights * np.dtype(plan.dtype).itemsize <= SMALL_GEMM_MAX_BYTES
+            dropout = [offset + 4 * size, offset + 5 * size] if layer.dropout > 0 else [-1, -1]
             table.append([layer.in_features, layer.out_features, CODES.index(layer.activation),
                           layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
                           offset, offset + size, offset + 2 * size, transposed if small else -1,
-                          offset + 3 * size])
-            offset += 4 * size
+                          offset + 3 * size, *dropout])
+            offset += (6 if layer.dropout > 0 else 4) * size
             transposed += weights if small else 0
+        # dropout per layer: the keep threshold and the seed (uint64), the kept elements' scale
+        keys = [threshold_and_scale(layer.dropout, plan.dtype) for layer in plan.layers]
+        self.drop_keys = np.array([[threshold, layer.dropout_seed] for (threshold, _), layer in zip(keys, plan.layers)],
+                                  np.uint64)
+        self.drop_scales = np.array([scale for _, scale in keys], plan.dtype)
         self.layers = np.array(table, np.int64)
         self.alphas = np.array([0.0 if layer.alpha is None else layer.alpha for layer in plan.layers], plan.dtype)
         self.nobias = np.zeros(max(layer.out_features for layer in plan.layers), plan.dtype)
@@ -86,9 +94,11 @@ class DenseTrainer:
 
     def run(self, X: np.ndarray, targets: np.ndarray, order: np.ndarray, first: int, count: int,
             batch_size: int, optimizer: Any, state: dict[str, np.ndarray], grads: np.ndarray,
-            snapshot: np.ndarray, batch_losses: np.ndarray, batch_correct: np.ndarray) -> tuple[int, str | None, int]:
+            snapshot: np.ndarray, batch_losses: np.ndarray, batch_correct: np.ndarray,
+            dropout_step: int = 0) -> tuple[int, str | None, int]:
         """Batches ``first .. first + count - 1``: ``(done, failure or None, failing batch)``; a
-        failure ("loss", "gradient", "update") leaves the parameters as before that batch."""
+        failure ("loss", "gradient", "update") leaves the parameters as before that batch.
+        ``dropout_step``: the global training step of batch ``first`` (``Dropout.at_step``)."""
         self._reserve(count)
         hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
         rule = dense_step.RULES[optimizer.fused_rule]
@@ -97,13 +107,14 @@ class DenseTrainer:
                                  grads, self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
                                  self.ilp64, rule, hyper, first_state, second_state, optimizer.steps, snapshot,
                                  batch_losses, batch_correct, self.status, self.sync, self.block_loss,
-                                 self.block_correct, self.checks)
+                                 self.block_correct, self.checks, self.drop_keys, self.drop_scales,
+                                 np.uint64(dropout_step))
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
 
     def gradients(self, X: np.ndarray, targets: np.ndarray, rows: np.ndarray, grads: np.ndarray,
-                  snapshot: np.ndarray, loss: np.ndarray, correct: np.ndarray) -> None:
+                  snapshot: np.ndarray, loss: np.ndarray, correct: np.ndarray, dropout_step: int = 0) -> None:
         """One batch of the samples ``rows`` (at least one): the mean loss into ``loss[0]``, the
         correct count into ``correct[0]`` and the gradient of the mean loss into ``grads``; the
         parameters are left alone (rule "none"), so that data-parallel training can sum the
@@ -114,4 +125,5 @@ class DenseTrainer:
         dense_step.train_batches(X, targets, rows, 0, 1, rows.size, self.params, self.transposed_weights, grads,
                                  self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
                                  self.ilp64, dense_step.RULES["none"], none, snapshot, snapshot, 0, snapshot, loss,
-                                 correct, self.status, self.sync, self.block_loss, self.block_correct, self.checks)
+                                 correct, self.status, self.sync, self.block_loss, self.block_correct, self.checks,
+                                 self.drop_keys, self.drop_scales, np.uint64(dropout_step))
