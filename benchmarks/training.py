@@ -9,7 +9,7 @@ warm-up repeat (which also compiles JAX's epoch). PyTorch uses the same thread c
 BLAS; JAX (XLA) uses its own thread pool over every core. Both are optional.
 
     python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5] [--busy]
-                                  [--dropout P]
+                                  [--dropout P] [--layer-norm]
 
 ``--busy`` runs a busy-looping process beside every contender: more runnable threads than CPUs,
 as when a machine is shared, which is where waiting threads must give way rather than spin.
@@ -35,16 +35,21 @@ NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)
 LAYERS, BATCH = NETS["digits"]
 LR = 0.1
 DROPOUT = 0.0  # --dropout: a Dropout(p) after each hidden layer (fastnn and PyTorch only)
+LAYER_NORM = False  # --layer-norm: Linear -> LayerNorm -> ReLU in each hidden layer (fastnn and PyTorch only)
 
 
 def fastnn_samples_per_s(X, y, epochs, backend):
     with fastnn.use_backend(backend):
         dropout = [[fastnn.Dropout(DROPOUT, seed=10 + k)] if DROPOUT else [] for k in range(2)]
-        net = fastnn.Network([
-            fastnn.Linear(LAYERS[0], LAYERS[1], "relu", seed=0), *dropout[0],
-            fastnn.Linear(LAYERS[1], LAYERS[2], "relu", seed=1), *dropout[1],
-            fastnn.Linear(LAYERS[2], LAYERS[3], seed=2),
-        ])
+
+        def hidden(k):
+            if LAYER_NORM:
+                return [fastnn.Linear(LAYERS[k], LAYERS[k + 1], seed=k), fastnn.LayerNorm(LAYERS[k + 1]),
+                        fastnn.ReLU()]
+            return [fastnn.Linear(LAYERS[k], LAYERS[k + 1], "relu", seed=k)]
+
+        net = fastnn.Network([*hidden(0), *dropout[0], *hidden(1), *dropout[1],
+                              fastnn.Linear(LAYERS[2], LAYERS[3], seed=2)])
         started = time.perf_counter()
         history = net.fit(X, y, "cross_entropy", fastnn.SGD(LR), epochs=epochs, batch_size=BATCH,
                           seed=0, progress=False, metrics=False)
@@ -89,11 +94,12 @@ def torch_samples_per_s(X, y, epochs, threads):
         return None
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    dropout = [torch.nn.Dropout(DROPOUT)] if DROPOUT else []
-    model = torch.nn.Sequential(
-        torch.nn.Linear(LAYERS[0], LAYERS[1]), torch.nn.ReLU(), *dropout,
-        torch.nn.Linear(LAYERS[1], LAYERS[2]), torch.nn.ReLU(), *[torch.nn.Dropout(DROPOUT)] * bool(DROPOUT),
-        torch.nn.Linear(LAYERS[2], LAYERS[3]))
+    def hidden(k):
+        norm = [torch.nn.LayerNorm(LAYERS[k + 1])] if LAYER_NORM else []
+        dropout = [torch.nn.Dropout(DROPOUT)] if DROPOUT else []
+        return [torch.nn.Linear(LAYERS[k], LAYERS[k + 1]), *norm, torch.nn.ReLU(), *dropout]
+
+    model = torch.nn.Sequential(*hidden(0), *hidden(1), torch.nn.Linear(LAYERS[2], LAYERS[3]))
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -111,10 +117,10 @@ def torch_samples_per_s(X, y, epochs, threads):
     return n * epochs / (time.perf_counter() - started)
 
 
-def torch_repeats(X, y, epochs, threads, repeats, net, dropout=0.0) -> list[float]:
-    global LAYERS, BATCH, DROPOUT
+def torch_repeats(X, y, epochs, threads, repeats, net, dropout=0.0, layer_norm=False) -> list[float]:
+    global LAYERS, BATCH, DROPOUT, LAYER_NORM
     LAYERS, BATCH = NETS[net]  # a spawned child starts from the module defaults
-    DROPOUT = dropout
+    DROPOUT, LAYER_NORM = dropout, layer_norm
     rates = [torch_samples_per_s(X, y, epochs, threads) for _ in range(repeats + 1)]
     return [] if rates[0] is None else rates[1:]
 
@@ -227,10 +233,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--dropout", type=float, default=0.0, metavar="P",
                         help="a Dropout(P) after each hidden layer, in fastnn and PyTorch (the NumPy loop and JAX "
                              "are then left out)")
+    parser.add_argument("--layer-norm", action="store_true",
+                        help="Linear -> LayerNorm -> ReLU in each hidden layer, in fastnn and PyTorch (likewise)")
     args = parser.parse_args(argv)
-    global LAYERS, BATCH, DROPOUT
+    global LAYERS, BATCH, DROPOUT, LAYER_NORM
     LAYERS, BATCH = NETS[args.net]
-    DROPOUT = args.dropout
+    DROPOUT, LAYER_NORM = args.dropout, args.layer_norm
+    plain = not (DROPOUT or LAYER_NORM)  # the NumPy loop and JAX implement the plain net only
     if args.net == "digits":
         X, _, y, _ = fastnn.datasets.digits()
     else:
@@ -246,7 +255,7 @@ def main(argv=None) -> dict:
             settle()
             fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)
             settle()
-            loop = numpy_loop_samples_per_s(X, y, args.epochs) if not DROPOUT else None
+            loop = numpy_loop_samples_per_s(X, y, args.epochs) if plain else None
             if "fastnn numpy" in results:
                 settle()
                 reference, _ = fastnn_samples_per_s(X, y, args.epochs, "numpy")
@@ -260,8 +269,8 @@ def main(argv=None) -> dict:
         # spinning after each op and would steal the second core from anything run beside them.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
-                                                 args.net, DROPOUT).result()
-        if not DROPOUT:
+                                                 args.net, DROPOUT, LAYER_NORM).result()
+        if plain:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # likewise XLA's
                 results["jax jit+scan"] = pool.submit(jax_repeats, X, y, args.epochs, args.repeats,
                                                       args.net).result()
@@ -269,6 +278,7 @@ def main(argv=None) -> dict:
     print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
           f"{args.epochs} epochs x {args.repeats} repeats, "
           f"{threads} BLAS thread(s); fastnn backend {args.backend!r}, final loss {loss:.4f}"
+          + (", LayerNorm before each hidden ReLU" if LAYER_NORM else "")
           + (f", Dropout({DROPOUT}) after each hidden layer" if DROPOUT else "")
           + (", beside a busy process" if args.busy else ""))
     for name, values in results.items():
@@ -283,7 +293,7 @@ def main(argv=None) -> dict:
         print("  torch is not installed: PyTorch comparison skipped (pip install torch==2.13.0)")
     if "jax jit+scan" in medians:
         print(f"  fastnn / jax jit+scan = {medians['fastnn'] / medians['jax jit+scan']:.2f}x")
-    elif not DROPOUT:
+    elif plain:
         print("  jax is not installed: JAX comparison skipped (pip install jax)")
     if "numpy loop" in medians:
         print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")

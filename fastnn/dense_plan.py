@@ -3,8 +3,9 @@ in a single call (``Backend.dense_trainer``).
 
 The plan is data only: per layer its sizes, activation and where its weight and bias sit in
 the network's flat parameter buffer. ``Linear`` layers qualify, each optionally followed by an
-``Activation`` layer (folded into it when the ``Linear`` has none) and then a ``Dropout`` (not
-after the last layer: the loss reads the logits), trained with softmax
+``Activation`` layer (folded into it when the ``Linear`` has none), with a ``LayerNorm`` between
+the two (``Linear`` without activation, ``LayerNorm``, activation: the usual pre-activation
+norm), and then a ``Dropout`` (not after the last layer: the loss reads the logits), trained with softmax
 cross-entropy on integer labels or with mean squared error on targets shaped like the output
 (seed 003's recipe). Any other layer or loss gives no plan, and ``fit`` keeps the per-layer
 path. Layers know nothing of this: the plan reads their public attributes.
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import losses as _losses
-from .layers import Activation, Dropout, Linear
+from .layers import Activation, Dropout, LayerNorm, Linear
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class DenseLayer:
     bias_offset: int | None
     dropout: float = 0.0  # a Dropout(p) after the activation (0: none)
     dropout_seed: int = 0
+    # a LayerNorm between the affine map and the activation: y = g(LN(x @ W.T + b))
+    norm: bool = False
+    norm_eps: float = 1e-5
+    norm_weight_offset: int | None = None
+    norm_bias_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ def dense_plan(network: Any, loss: _losses.Loss, X: Any, target: Any) -> DensePl
         if isinstance(layer, Linear):
             stack.append(DenseLayer(layer.in_features, layer.out_features, layer.activation, layer.alpha,
                                     offsets[index, "weight"], offsets.get((index, "bias"))))
+        elif isinstance(layer, LayerNorm) and stack and stack[-1].activation == "identity" \
+                and stack[-1].dropout == 0 and not stack[-1].norm:
+            stack[-1] = replace(stack[-1], norm=True, norm_eps=layer.eps,
+                                norm_weight_offset=offsets.get((index, "weight")),
+                                norm_bias_offset=offsets.get((index, "bias")))
         elif isinstance(layer, Activation) and stack and stack[-1].activation == "identity" \
                 and stack[-1].dropout == 0:
             stack[-1] = replace(stack[-1], activation=layer.activation, alpha=layer.alpha)

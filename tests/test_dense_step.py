@@ -436,3 +436,52 @@ def test_the_plan_takes_dropout_after_a_hidden_layer_only():
     assert plan(fastnn.Linear(64, 10), fastnn.Dropout(0.5)) is None  # on the logits
     assert plan(fastnn.Linear(64, 8), fastnn.Dropout(0.5), fastnn.ReLU(), fastnn.Linear(8, 10)) is None  # g(drop(z))
     assert plan(fastnn.Linear(64, 8), fastnn.Dropout(0.5), fastnn.Dropout(0.5), fastnn.Linear(8, 10)) is None
+
+
+# --- LayerNorm inside the whole step ----------------------------------------------------------------
+
+
+def _norm_net(backend, dtype, affine=True):
+    kw = {"backend": backend, "dtype": dtype}
+    return fastnn.Network([fastnn.Linear(64, 13, seed=0, **kw), fastnn.LayerNorm(13, elementwise_affine=affine, **kw),
+                           fastnn.GELU(**kw), fastnn.Dropout(0.3, seed=9, **kw),
+                           fastnn.Linear(13, 7, seed=1, **kw), fastnn.LayerNorm(7, eps=1e-3, **kw),
+                           fastnn.Linear(7, 10, seed=2, **kw)])
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_trains_in_the_whole_step_kernel_as_on_the_per_layer_path(digits, runs, dtype, affine):
+    """Linear -> LayerNorm -> GELU -> Dropout and Linear -> LayerNorm (no activation), with and
+    without the norm's affine parameters: the NumPy backend's model, to rounding, with Adam over
+    three shuffled epochs and a ragged last batch."""
+    X, y = digits
+    results = {}
+    for backend in ("numpy", "numba"):
+        net = _norm_net(backend, dtype, affine)
+        history = net.fit(X, y, "cross_entropy", fastnn.Adam(0.01), epochs=3, batch_size=37, seed=2, progress=False)
+        results[backend] = (net.flat_parameters()[0], history["loss"])
+    assert runs, "the whole-step trainer did not run"
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(results["numba"][0], results["numpy"][0], rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(results["numba"][1], results["numpy"][1], rtol=rtol)
+
+
+def test_the_plan_takes_layer_norm_between_the_affine_map_and_the_activation():
+    loss, X, y = fastnn.losses.get("cross_entropy"), np.zeros((4, 64)), np.zeros(4, np.int64)
+
+    def plan(*layers):
+        with fastnn.use_backend("numba"):
+            network = fastnn.Network(list(layers))
+            return dense_plan(network, loss, X, y), network.parameter_offsets()
+
+    taken, offsets = plan(fastnn.Linear(64, 8), fastnn.LayerNorm(8, eps=1e-3), fastnn.ReLU(), fastnn.Linear(8, 10))
+    first = taken.layers[0]
+    assert (first.norm, first.norm_eps, first.activation) == (True, 1e-3, "relu")
+    assert (first.norm_weight_offset, first.norm_bias_offset) == (offsets[1, "weight"], offsets[1, "bias"])
+    plain, _ = plan(fastnn.Linear(64, 8), fastnn.LayerNorm(8, elementwise_affine=False), fastnn.Linear(8, 10))
+    assert (plain.layers[0].norm_weight_offset, plain.layers[0].norm_bias_offset) == (None, None)
+    assert plan(fastnn.Linear(64, 8, "relu"), fastnn.LayerNorm(8), fastnn.Linear(8, 10))[0] is None  # after g
+    assert plan(fastnn.Linear(64, 8), fastnn.LayerNorm(8), fastnn.LayerNorm(8), fastnn.Linear(8, 10))[0] is None
+    assert plan(fastnn.LayerNorm(64), fastnn.Linear(64, 10))[0] is None
+    assert plan(fastnn.Linear(64, 8), fastnn.BatchNorm1d(8), fastnn.Linear(8, 10))[0] is None  # per-layer path

@@ -41,8 +41,11 @@ from .blas import NO_TRANS, ROW_MAJOR, TRANS
 from .dropout import masked_copy
 from .jit import stamped
 from .losses import row_exp
+from .normalization import layer_norm as _layer_norm_builds
+from .normalization import layer_norm_dx as _layer_norm_dx_builds
+from .normalization import layer_norm_params as _layer_norm_params_builds
 from .optimizers import adam, sgd
-from .scalar import CODES, ELU, GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, SILU, SOFTPLUS, TANH, like
+from .scalar import CODES, ELU, GELU, GELU_TANH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, SOFTPLUS, TANH, like
 
 # Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
 OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
@@ -55,6 +58,8 @@ RULES = {"sgd": _SGD, "adam": _ADAM, "none": _NONE}
 _FLAGS = {"cache": True, "error_model": "numpy", "boundscheck": False}
 sgd_serial = sgd[0]  # each thread updates its own slice: the serial builds
 adam_serial = adam[0]
+_layer_norm, _layer_norm_dx, _layer_norm_params = (_layer_norm_builds[0], _layer_norm_dx_builds[0],
+                                                   _layer_norm_params_builds[0])  # a row block is one thread's
 
 
 def _gemm_intrinsic(int_bits: int):
@@ -255,7 +260,7 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
 @njit(**_FLAGS)
 @stamped
 def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n,
-                           drop_keys, drop_scales, drop_step, first_row):
+                           drop_keys, drop_scales, drop_step, first_row, norm_eps):
     """Forward and backward for the samples ``idx`` (one thread's rows, from row ``first_row`` of
     the batch), weight and bias gradients of their share of the batch mean into ``grads``.
     Returns (loss sum, correct).
@@ -263,7 +268,13 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
     A layer with dropout (``layers[l, 10] >= 0``) keeps its activation ``y`` for its backward,
     hands ``y * m`` (at ``layers[l, 10]``) to the next layer and keeps the mask's factors ``m``
     (0 or 1 / (1 - p), at ``layers[l, 11]``) for the gradient; the mask of batch element ``e``
-    is that of ``Dropout`` at global step ``drop_step`` (``dropout.masked_copy``)."""
+    is that of ``Dropout`` at global step ``drop_step`` (``dropout.masked_copy``).
+
+    A layer with LayerNorm (``layers[l, 12] >= 0``) computes ``y = g(LN(z))``: z (with its bias)
+    stays for the norm's backward, LN(z) at ``layers[l, 12]`` feeds the activation (and its
+    backward), the rows' mean and rstd at ``[13]`` and ``[14]``, the gradient reaching LN(z) at
+    ``[15]``; the norm's weight and bias sit at ``[16]`` and ``[17]`` of the parameters (-1: none).
+    The row kernels are those of the per-layer LayerNorm (``normalization``)."""
     rows = idx.size
     n_layers = layers.shape[0]
     one = like(work[0], 1.0)
@@ -286,7 +297,17 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
             _gemm(gemm, ilp64, NO_TRANS, TRANS, rows, n_out, n_in, a.ctypes.data, n_in,
                   params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
         bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
-        bias_activation(code, z, bias, y, alphas[layer])
+        if layers[layer, 12] >= 0:
+            u = _view(work, layers[layer, 12], rows, n_out)
+            bias_activation(IDENTITY, z, bias, u, alphas[layer])  # z += bias
+            w_off_n, b_off_n = layers[layer, 16], layers[layer, 17]
+            _layer_norm(z, params[w_off_n:w_off_n + n_out] if w_off_n >= 0 else nobias[:1],
+                        params[b_off_n:b_off_n + n_out] if b_off_n >= 0 else nobias[:1], w_off_n >= 0, b_off_n >= 0,
+                        norm_eps[layer], u, work[layers[layer, 13]:layers[layer, 13] + rows],
+                        work[layers[layer, 14]:layers[layer, 14] + rows])
+            bias_activation(code, u, nobias[:n_out], y, alphas[layer])
+        else:
+            bias_activation(code, z, bias, y, alphas[layer])
         a = y
         if layers[layer, 10] >= 0:
             a = _view(work, layers[layer, 10], rows, n_out)
@@ -309,7 +330,19 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
             flat = dy.reshape(dy.size)
             for e in range(flat.size):
                 flat[e] *= factors[e]
-        activation_backward(code, dy, z, y, dz, alphas[layer])
+        if layers[layer, 12] >= 0:  # through the activation to LN(z), then through the norm to z
+            du = _view(work, layers[layer, 15], rows, n_out)
+            activation_backward(code, dy, _view(work, layers[layer, 12], rows, n_out), y, du, alphas[layer])
+            w_off_n, b_off_n = layers[layer, 16], layers[layer, 17]
+            mean = work[layers[layer, 13]:layers[layer, 13] + rows]
+            rstd = work[layers[layer, 14]:layers[layer, 14] + rows]
+            _layer_norm_dx(du, z, params[w_off_n:w_off_n + n_out] if w_off_n >= 0 else nobias[:1], w_off_n >= 0,
+                           mean, rstd, dz)
+            _layer_norm_params(du, z, mean, rstd, grads[w_off_n:w_off_n + n_out] if w_off_n >= 0 else nobias[:1],
+                               grads[b_off_n:b_off_n + n_out] if b_off_n >= 0 else nobias[:1], w_off_n >= 0,
+                               b_off_n >= 0)
+        else:
+            activation_backward(code, dy, z, y, dz, alphas[layer])
         a_prev = x if layer == 0 else _view(work, _output_offset(layers, layer - 1), rows, n_in)
         w_grad = grads.ctypes.data + w_off * itemsize
         if wt_off >= 0:  # dW = dz.T @ a_prev: dz.T is dz read with swapped strides
@@ -416,7 +449,7 @@ def _row_blocks(rows, threads):
 @njit(**_FLAGS)
 @stamped
 def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers, alphas, nobias,
-                gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step):
+                gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps):
     """Phase one of a batch, task ``t``: forward and backward of row block ``t`` into its own
     gradient buffer (``grads`` for block 0, ``partial[t - 1]`` for the others)."""
     lo = start + t * block
@@ -424,7 +457,7 @@ def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, par
     target = grads if t == 0 else partial[t - 1]
     block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, order[lo:hi], params, wt, target, work[t],
                                                              layers, alphas, nobias, gemm, ilp64, inv_n, drop_keys,
-                                                             drop_scales, drop_step, lo - start)
+                                                             drop_scales, drop_step, lo - start, norm_eps)
 
 
 @njit(**_FLAGS)
@@ -450,7 +483,7 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
 @stamped
 def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers, alphas,
                   nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
-                  status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step):
+                  status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
@@ -464,7 +497,8 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
 
     Dropout: ``drop_keys`` (uint64, per layer: keep threshold and seed), ``drop_scales`` (per
     layer, the data's dtype) and ``drop_step`` (uint64, the global step of batch ``first``; batch
-    ``first + i`` draws the masks of step ``drop_step + i``).
+    ``first + i`` draws the masks of step ``drop_step + i``). LayerNorm: ``norm_eps`` (float64,
+    per layer).
 
     The threads enter one parallel loop for the whole chunk and meet twice a batch, after the
     row blocks (phase one) and after the parameter slices (phase two), on atomic counters
@@ -492,7 +526,7 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
                 if atomics.claim(phase, t):
                     _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers,
                                 alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i], drop_keys,
-                                drop_scales, drop_step + np.uint64(i))
+                                drop_scales, drop_step + np.uint64(i), norm_eps)
                     atomics.finish(phase)
             atomics.wait(phase, blocks)
             if not math.isfinite(block_loss[i, :blocks].sum()):

@@ -23,9 +23,10 @@ class DenseTrainer:
     """Trains one ``fastnn.dense_plan.DensePlan`` network: ``run`` does a chunk of batches.
 
     Each of ``threads`` row blocks gets its own workspace row (gathered inputs, then z, y, dz and
-    dL/dy per layer, each ``block_rows`` long, and after a layer with dropout its masked output
-    and the mask's factors) and, but the first, its own gradient buffer. Layers whose
-    weights are small get the JIT GEMM and a slot in ``transposed_weights`` (see ``dense_step``)."""
+    dL/dy per layer, each ``block_rows`` long, after a layer with dropout its masked output and
+    the mask's factors, and for a layer with LayerNorm its output, statistics and gradient) and,
+    but the first, its own gradient buffer. Layers whose weights are small get the JIT GEMM and a
+    slot in ``transposed_weights`` (see ``dense_step``)."""
 
     def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
         self.params = params
@@ -39,18 +40,30 @@ class DenseTrainer:
             weights = layer.in_features * layer.out_features
             # small weights: the JIT GEMM, with a transposed copy for the forward; large: BLAS
             small = weights * np.dtype(plan.dtype).itemsize <= SMALL_GEMM_MAX_BYTES
-            dropout = [offset + 4 * size, offset + 5 * size] if layer.dropout > 0 else [-1, -1]
-            table.append([layer.in_features, layer.out_features, CODES.index(layer.activation),
-                          layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
-                          offset, offset + size, offset + 2 * size, transposed if small else -1,
-                          offset + 3 * size, *dropout])
-            offset += (6 if layer.dropout > 0 else 4) * size
+            row = [layer.in_features, layer.out_features, CODES.index(layer.activation),
+                   layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
+                   offset, offset + size, offset + 2 * size, transposed if small else -1, offset + 3 * size]
+            offset += 4 * size
+            if layer.dropout > 0:  # [10] masked output, [11] the mask's factors
+                row += [offset, offset + size]
+                offset += 2 * size
+            else:
+                row += [-1, -1]
+            if layer.norm:  # [12] normalised, [13] mean, [14] rstd, [15] its gradient; [16, 17] weight, bias
+                row += [offset, offset + size, offset + size + block_rows, offset + size + 2 * block_rows,
+                        -1 if layer.norm_weight_offset is None else layer.norm_weight_offset,
+                        -1 if layer.norm_bias_offset is None else layer.norm_bias_offset]
+                offset += 2 * size + 2 * block_rows
+            else:
+                row += [-1] * 6
+            table.append(row)
             transposed += weights if small else 0
         # dropout per layer: the keep threshold and the seed (uint64), the kept elements' scale
         keys = [threshold_and_scale(layer.dropout, plan.dtype) for layer in plan.layers]
         self.drop_keys = np.array([[threshold, layer.dropout_seed] for (threshold, _), layer in zip(keys, plan.layers)],
                                   np.uint64)
         self.drop_scales = np.array([scale for _, scale in keys], plan.dtype)
+        self.norm_eps = np.array([layer.norm_eps for layer in plan.layers], np.float64)
         self.layers = np.array(table, np.int64)
         self.alphas = np.array([0.0 if layer.alpha is None else layer.alpha for layer in plan.layers], plan.dtype)
         self.nobias = np.zeros(max(layer.out_features for layer in plan.layers), plan.dtype)
@@ -108,7 +121,7 @@ class DenseTrainer:
                                  self.ilp64, rule, hyper, first_state, second_state, optimizer.steps, snapshot,
                                  batch_losses, batch_correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
-                                 np.uint64(dropout_step))
+                                 np.uint64(dropout_step), self.norm_eps)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
@@ -126,4 +139,4 @@ class DenseTrainer:
                                  self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
                                  self.ilp64, dense_step.RULES["none"], none, snapshot, snapshot, 0, snapshot, loss,
                                  correct, self.status, self.sync, self.block_loss, self.block_correct, self.checks,
-                                 self.drop_keys, self.drop_scales, np.uint64(dropout_step))
+                                 self.drop_keys, self.drop_scales, np.uint64(dropout_step), self.norm_eps)
