@@ -587,8 +587,8 @@ class BatchNorm1d(Layer):
     """PyTorch's ``nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
     track_running_stats=True)`` on ``x (N, C)``.
 
-    Training: each feature normalised by the batch's mean and biased variance (the statistics
-    come from the layer-norm kernels run on the transposed batch), then ``* weight + bias``; the
+    Training: each feature normalised by the batch's mean and biased variance, then ``* weight +
+    bias``, by the backends' batch-norm kernel (one fused pass back: ``Backend.batch_norm``); the
     running estimates move by ``momentum`` towards the batch mean and the *unbiased* variance, as
     PyTorch's do, and ``num_batches_tracked`` counts. Evaluation (``eval()``, and always in
     ``infer``: ``predict``, ``evaluate``): the running estimates, where tracked. The running
@@ -636,20 +636,15 @@ class BatchNorm1d(Layer):
             return xhat
         return xhat * self.params["weight"] + self.params["bias"]
 
-    def _batch_statistics(self, x: Any) -> tuple[Any, Any, Any, Any]:
-        """``(xhat, xt, mean, rstd)``: the batch normalised per feature, via the layer-norm
-        kernel on the transposed batch (features as rows)."""
-        xp, kernels = self.backend.xp, self.backend.kernels
-        xt = xp.ascontiguousarray(x.T)
-        yt = self.backend.empty(xt.shape, self.dtype)
-        mean, rstd = self.backend.empty(self.in_features, self.dtype), self.backend.empty(self.in_features, self.dtype)
-        kernels.layer_norm(xt, None, None, self.eps, yt, mean, rstd)
-        return yt.T, xt, mean, rstd
-
     def _running(self, x: Any) -> tuple[Any, Any]:
         xp = self.backend.xp
         rstd = (1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)).astype(self.dtype)
         return (x - self.buffers["running_mean"]) * rstd, rstd
+
+    def _new_slot(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any, Any, Any]:
+        """Per batch shape: the output, the input gradient, and the batch's mean, rstd, var."""
+        empty, n = self.backend.empty, shape[1]
+        return empty(shape, self.dtype), empty(shape, self.dtype), *(empty(n, self.dtype) for _ in range(3))
 
     def forward(self, x: Any) -> Any:
         x = self._checked(x)
@@ -657,19 +652,21 @@ class BatchNorm1d(Layer):
             if self.training and x.shape[0] < 2:
                 raise ValueError(f"{self!r}: expected more than 1 sample per feature when training, got input "
                                  f"of shape {x.shape}")
-            xhat, xt, mean, rstd = self._batch_statistics(x)
+            x = x if x.flags.c_contiguous else self.backend.xp.ascontiguousarray(x)
+            y, dx, mean, rstd, var = self._workspace.slot(x.shape, self._new_slot)
+            self.backend.kernels.batch_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps, y,
+                                            mean, rstd, var)
             if self.training and self.track_running_stats:
-                centred = x.astype(np.float64) - mean.astype(np.float64)
-                self._update_running(x.shape[0], mean, (centred * centred).mean(axis=0))
-            self._cache = ("batch", xhat, xt, mean, rstd)
-        else:
-            xhat, rstd = self._running(x)
-            self._cache = ("running", xhat, rstd)
+                self._update_running(x.shape[0], mean, var)
+            self._cache = ("batch", x, mean, rstd, dx)
+            return y
+        xhat, rstd = self._running(x)
+        self._cache = ("running", xhat, rstd)
         return self._affine(xhat)
 
     def _update_running(self, n: int, mean: Any, biased_variance: Any) -> None:
         """PyTorch's update: running = (1 - momentum) running + momentum stat, with the unbiased
-        variance (the batch's biased one, computed in float64, times n / (n - 1))."""
+        variance (the batch's biased one, computed in float64 by the kernel, times n / (n - 1))."""
         m = self.momentum
         variance = biased_variance * (n / (n - 1))
         self.buffers["running_mean"][...] = (1 - m) * self.buffers["running_mean"] + m * mean
@@ -680,25 +677,29 @@ class BatchNorm1d(Layer):
         x = self._checked(x)
         if self.track_running_stats:
             return self._affine(self._running(x)[0])
-        return self._affine(self._batch_statistics(x)[0])
+        weight, bias = self.params.get("weight"), self.params.get("bias")
+        stats = [self.backend.empty(self.in_features, self.dtype) for _ in range(3)]
+        return self.backend.kernels.batch_norm(self.backend.xp.ascontiguousarray(x), weight, bias, self.eps,
+                                               self.backend.empty(x.shape, self.dtype), *stats)
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
         self._require_forward(self._cache)
-        xhat = self._cache[1]
-        dy = self._check_dy(dy, xhat.shape)
-        if self.affine:
-            self.grads["weight"][...] = (dy * xhat).sum(axis=0)
-            self.grads["bias"][...] = dy.sum(axis=0)
-        if not need_input_grad:
-            return None
-        g = dy * self.params["weight"] if self.affine else dy
-        if self._cache[0] == "running":  # the statistics are constants here
-            return g * self._cache[2]
-        _, _, xt, mean, rstd = self._cache
-        gt = self.backend.xp.ascontiguousarray(g.T)
-        dxt = self.backend.empty(gt.shape, self.dtype)
-        self.backend.kernels.layer_norm_backward(gt, xt, None, mean, rstd, dxt, None, None)
-        return dxt.T
+        kind, first = self._cache[0], self._cache[1]
+        dy = self._check_dy(dy, first.shape)
+        if kind == "running":  # the statistics are constants here
+            xhat, rstd = first, self._cache[2]
+            if self.affine:
+                self.grads["weight"][...] = (dy * xhat).sum(axis=0)
+                self.grads["bias"][...] = dy.sum(axis=0)
+            g = dy * self.params["weight"] if self.affine else dy
+            return g * rstd if need_input_grad else None
+        _, x, mean, rstd, dx = self._cache
+        dy = dy if dy.flags.c_contiguous else self.backend.xp.ascontiguousarray(dy)
+        dx = dx if need_input_grad else None
+        # one fused pass: dweight, dbias (straight into the flat gradient buffer) and dx
+        self.backend.kernels.batch_norm_backward(dy, x, self.params.get("weight"), mean, rstd, dx,
+                                                 self.grads.get("weight"), self.grads.get("bias"))
+        return dx
 
     def config(self) -> dict[str, Any]:
         return {"num_features": self.in_features, "eps": self.eps, "momentum": self.momentum, "affine": self.affine,

@@ -147,3 +147,72 @@ def test_warm_up_and_early_stopping_restore_the_running_statistics_too(backend):
     assert history.best_epoch == 1 and len(history) == 3
     for key, value in one.state_dict().items():
         np.testing.assert_array_equal(stopped.state_dict()[key], value, err_msg=key)
+
+
+# --- the kernels behind it: Backend.batch_norm and its fused backward --------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3), (1, 4), (0, 4), (3, 1), (300, 64)],
+                         ids=["2d", "small", "one-row", "empty", "one-feature", "tall"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_kernel_forward_matches_the_reference(backend, dtype, shape, affine):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    n = shape[1]
+    weight = rng.standard_normal(n).astype(dtype) if affine else None
+    bias = rng.standard_normal(n).astype(dtype) if affine else None
+    y, mean, rstd, var = backend.batch_norm(backend.asarray(x), None if weight is None else backend.asarray(weight),
+                                            None if bias is None else backend.asarray(bias))
+    assert y.dtype == dtype and y.shape == shape and mean.shape == rstd.shape == var.shape == (n,)
+    if not shape[0]:
+        return
+    expected = reference(x, np.ones(n) if weight is None else weight, np.zeros(n) if bias is None else bias)
+    np.testing.assert_allclose(backend.to_numpy(y), expected, **tolerance(dtype))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(backend.to_numpy(mean), x64.mean(axis=0), **tolerance(dtype))
+    np.testing.assert_allclose(backend.to_numpy(var), x64.var(axis=0), **tolerance(dtype))
+
+
+def test_kernel_edges_nan_huge_and_non_contiguous(backend):
+    x = np.array([[1.0, 1e150, 2.0], [np.nan, -1e150, 2.0], [3.0, 0.0, 2.0]])
+    y = backend.to_numpy(backend.batch_norm(backend.asarray(x))[0])
+    assert np.isnan(y[:, 0]).all()  # a NaN spreads through its own feature only
+    np.testing.assert_allclose(y[:, 1], [1.22474487, -1.22474487, 0.0], rtol=1e-7)
+    np.testing.assert_array_equal(y[:, 2], [0.0, 0.0, 0.0])  # a constant feature: var 0
+    big = np.array([[3e38], [-3e38], [0.0]], np.float32)  # float64 statistics: no overflow
+    np.testing.assert_allclose(backend.to_numpy(backend.batch_norm(backend.asarray(big))[0])[:, 0],
+                               [1.2247449, -1.2247449, 0], rtol=1e-6)
+    wide = np.random.default_rng(1).standard_normal((10, 6))
+    strided = wide[::2, ::2]
+    np.testing.assert_allclose(backend.to_numpy(backend.batch_norm(backend.asarray(strided))[0]),
+                               reference(strided, np.ones(3), np.zeros(3)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        backend.batch_norm(backend.asarray(x), backend.asarray(np.ones(4)))
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, C\)"):
+        backend.batch_norm(backend.asarray(np.ones((2, 3, 4))))
+
+
+def test_kernel_backward_matches_finite_differences(backend):
+    """float64: dx, dweight and dbias of sum(y * c) against central differences, in one call."""
+    rng = np.random.default_rng(5)
+    x, w, b, c = rng.standard_normal((6, 4)) * 2, rng.standard_normal(4), rng.standard_normal(4), \
+        rng.standard_normal((6, 4))
+    _, mean, rstd, _ = backend.batch_norm(backend.asarray(x), backend.asarray(w), backend.asarray(b))
+    dx, dw, db = (backend.to_numpy(a) for a in backend.batch_norm_backward(
+        backend.asarray(c), backend.asarray(x), backend.asarray(w), mean, rstd))
+    values = {"x": x, "weight": w, "bias": b}
+    for name, grad in (("x", dx), ("weight", dw), ("bias", db)):
+        numeric = np.zeros_like(values[name])
+        for i in np.ndindex(numeric.shape):
+            shifted = []
+            for sign in (1, -1):
+                moved = {key: value.copy() for key, value in values.items()}
+                moved[name][i] += sign * 1e-6
+                shifted.append(float((reference(moved["x"], moved["weight"], moved["bias"]) * c).sum()))
+            numeric[i] = (shifted[0] - shifted[1]) / 2e-6
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+    no_dx, dw2, db2 = backend.batch_norm_backward(backend.asarray(c), backend.asarray(x), backend.asarray(w), mean,
+                                                  rstd, need_dx=False)
+    assert no_dx is None
+    np.testing.assert_array_equal(backend.to_numpy(dw2), dw)
+    np.testing.assert_array_equal(backend.to_numpy(db2), db)

@@ -98,6 +98,11 @@ def run_every_kernel(backend, rows: int, cols: int, dtype) -> dict[str, np.ndarr
     ln_dx, ln_dweight, ln_dbias = backend.layer_norm_backward(data(rows, cols), logits, ln_weight, mean, rstd)
     results.update({"layer_norm": y, "mean": mean, "rstd": rstd, "ln dx": ln_dx, "ln dweight": ln_dweight,
                     "ln dbias": ln_dbias})
+    bn_weight, bn_bias = data(cols), data(cols)
+    bn_y, bn_mean, bn_rstd, bn_var = backend.batch_norm(logits, bn_weight, bn_bias)
+    bn_dx, bn_dweight, bn_dbias = backend.batch_norm_backward(data(rows, cols), logits, bn_weight, bn_mean, bn_rstd)
+    results.update({"batch_norm": bn_y, "bn mean": bn_mean, "bn rstd": bn_rstd, "bn var": bn_var, "bn dx": bn_dx,
+                    "bn dweight": bn_dweight, "bn dbias": bn_dbias})
     n = rows * cols
     for name in ("sgd", "adam"):
         param, grad = data(n), data(n)

@@ -59,6 +59,9 @@ class KernelSet:
     - ``layer_norm(x, weight | None, bias | None, eps, y, mean, rstd) -> y`` on rows ``x (rows, n)``
       and ``layer_norm_backward(dy, x, weight | None, mean, rstd, dx | None, dweight | None,
       dbias | None)`` (``kernels/numpy/normalization.py`` states the maths).
+    - ``batch_norm(x, weight | None, bias | None, eps, y, mean, rstd, var) -> y`` over the rows of
+      ``x (rows, n)`` (per-column statistics, ``var`` biased) and ``batch_norm_backward(dy, x,
+      weight | None, mean, rstd, dx | None, dweight | None, dbias | None)``, one fused pass.
     - ``sgd(param, grad, velocity, scratch, *, lr, momentum, nesterov, weight_decay, first_step)``
       and ``adam(param, grad, m, v, scratch, scratch2, *, step, lr, beta1, beta2, eps,
       weight_decay, decoupled)``, updating ``param`` in place.
@@ -82,6 +85,8 @@ class KernelSet:
     dropout: Callable[..., Any]
     layer_norm: Callable[..., Any]
     layer_norm_backward: Callable[..., Any]
+    batch_norm: Callable[..., Any]
+    batch_norm_backward: Callable[..., Any]
 
     def __post_init__(self) -> None:
         for table in ("forward", "backward"):
@@ -520,6 +525,49 @@ class Backend:
             self.kernels.layer_norm_backward(flat[0].reshape(rows, n), flat[1].reshape(rows, n), weight,
                                              flat[2].reshape(rows), flat[3].reshape(rows), dx.reshape(rows, n),
                                              dweight, dbias)
+        return dx, dweight, dbias
+
+    def batch_norm(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5,
+                   out: Any = None) -> tuple[Any, Any, Any, Any]:
+        """``nn.BatchNorm1d``'s training forward on ``x (N, C)``, statistics over the batch:
+        ``(y, mean, rstd, var)``, the last three of shape ``(C,)`` (``var`` biased; the layer turns
+        it into the unbiased running estimate). ``N`` may be 0 (statistics then undefined)."""
+        x, weight, bias = self._operands(x, weight, bias)
+        dtype = self._float_dtype(x, weight, bias)
+        if x.ndim != 2:
+            raise ValueError(f"batch_norm: expected x of shape (N, C), got shape {x.shape}")
+        n = x.shape[1]
+        for name, value in (("weight", weight), ("bias", bias)):
+            if value is not None and value.shape != (n,):
+                raise ValueError(f"batch_norm: {name} must have shape ({n},) for x {x.shape}, got {value.shape}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"batch_norm: eps must be a positive number, got {eps!r}")
+        y = self._out(out, x.shape, dtype, "batch_norm")
+        mean, rstd, var = (self.empty((n,), dtype) for _ in range(3))
+        if x.shape[0] and n:
+            self.kernels.batch_norm(x if x.flags.c_contiguous else self.xp.ascontiguousarray(x), weight, bias,
+                                    float(eps), y, mean, rstd, var)
+        return y, mean, rstd, var
+
+    def batch_norm_backward(self, dy: Any, x: Any, weight: Any, mean: Any, rstd: Any,
+                            affine: bool = True, need_dx: bool = True) -> tuple[Any, Any, Any]:
+        """``(dx, dweight, dbias)`` of ``batch_norm`` (training mode) given ``dy (N, C)`` and the
+        forward's statistics, in one fused pass; ``dx`` is None unless ``need_dx``, the parameter
+        gradients None unless ``affine``."""
+        dy, x, weight, mean, rstd = self._operands(dy, x, weight, mean, rstd)
+        dtype = self._float_dtype(dy, x, weight, mean, rstd)
+        if x.ndim != 2 or dy.shape != x.shape or mean.shape != x.shape[1:] or rstd.shape != x.shape[1:]:
+            raise ValueError(f"batch_norm backward: dy {dy.shape}, x {x.shape}, mean {mean.shape} and rstd "
+                             f"{rstd.shape} do not fit dy, x (N, C), mean, rstd (C,)")
+        n = x.shape[1]
+        if weight is not None and weight.shape != (n,):
+            raise ValueError(f"batch_norm backward: weight must have shape ({n},), got {weight.shape}")
+        dx = self.empty(x.shape, dtype) if need_dx else None
+        dweight = self.zeros((n,), dtype) if affine else None
+        dbias = self.zeros((n,), dtype) if affine else None
+        if x.shape[0] and n:
+            flat = [a if a.flags.c_contiguous else self.xp.ascontiguousarray(a) for a in (dy, x, mean, rstd)]
+            self.kernels.batch_norm_backward(*flat[:2], weight, *flat[2:], dx, dweight, dbias)
         return dx, dweight, dbias
 
     # --- optimizers (in place) ---------------------------------------------------------------------

@@ -26,6 +26,8 @@ NUMPY_KERNELS = KernelSet(
     dropout=dropout.dropout,
     layer_norm=normalization.layer_norm,
     layer_norm_backward=normalization.layer_norm_backward,
+    batch_norm=normalization.batch_norm,
+    batch_norm_backward=normalization.batch_norm_backward,
 )
 
 

@@ -221,6 +221,57 @@ __global__ void layer_norm_params(const T* dy, const T* x, const T* mean, const 
   }
 }
 
+// Batch normalisation over the rows (PyTorch's BatchNorm1d in training; kernels/numpy/normalization.py
+// states the maths): one thread per column, rows in order, double-precision statistics. Adjacent
+// threads read adjacent columns of a row, so each sweep over the rows reads whole cache lines.
+template <typename T>
+__global__ void batch_norm(const T* x, const T* weight, const T* bias, int has_weight, int has_bias, double eps,
+                           T* y, T* mean, T* rstd, T* var, long long rows, long long n) {
+  FASTNN_GRID_STRIDE(j, n) {
+    double s = 0.0, v = 0.0;
+    for (long long i = 0; i < rows; ++i) s += (double)x[i * n + j];
+    double m = s / (double)rows;
+    for (long long i = 0; i < rows; ++i) v += ((double)x[i * n + j] - m) * ((double)x[i * n + j] - m);
+    v /= (double)rows;
+    double r = 1.0 / sqrt(v + eps);
+    double w = has_weight ? (double)weight[j] : 1.0, b = has_bias ? (double)bias[j] : 0.0;
+    for (long long i = 0; i < rows; ++i) {
+      double out = ((double)x[i * n + j] - m) * r;
+      if (has_weight) out *= w;
+      if (has_bias) out += b;
+      y[i * n + j] = (T)out;
+    }
+    mean[j] = (T)m;
+    rstd[j] = (T)r;
+    var[j] = (T)v;
+  }
+}
+
+// Its backward in one pass per column: the sums of dy and dy * xhat, then dx; dweight and dbias.
+template <typename T>
+__global__ void batch_norm_backward(const T* dy, const T* x, const T* weight, int has_weight, const T* mean,
+                                    const T* rstd, T* dx, int has_dx, T* dweight, T* dbias, long long rows,
+                                    long long n) {
+  FASTNN_GRID_STRIDE(j, n) {
+    double m = (double)mean[j], r = (double)rstd[j], sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (long long i = 0; i < rows; ++i) {
+      double d = (double)dy[i * n + j];
+      sum_dy += d;
+      sum_dy_xhat += d * ((double)x[i * n + j] - m) * r;
+    }
+    dweight[j] = (T)sum_dy_xhat;
+    dbias[j] = (T)sum_dy;
+    if (has_dx) {
+      double scale = has_weight ? r * (double)weight[j] : r;
+      for (long long i = 0; i < rows; ++i) {
+        double xhat = ((double)x[i * n + j] - m) * r;
+        dx[i * n + j] = (T)(scale * ((double)dy[i * n + j] - sum_dy / (double)rows -
+                                     xhat * (sum_dy_xhat / (double)rows)));
+      }
+    }
+  }
+}
+
 #ifdef FASTNN_INSTANTIATE_ALL
 // For ahead-of-time compilation checks (nvcc): instantiate every kernel for float and double.
 #define FASTNN_INSTANTIATE(T)                                                                                  \
@@ -241,7 +292,11 @@ __global__ void layer_norm_params(const T* dy, const T* x, const T* mean, const 
   template __global__ void layer_norm_dx<T>(const T*, const T*, const T*, int, const T*, const T*, T*, long long, \
                                             long long);                                                         \
   template __global__ void layer_norm_params<T>(const T*, const T*, const T*, const T*, T*, T*, long long,      \
-                                                long long);
+                                                long long);                                                     \
+  template __global__ void batch_norm<T>(const T*, const T*, const T*, int, int, double, T*, T*, T*, T*,        \
+                                         long long, long long);                                                 \
+  template __global__ void batch_norm_backward<T>(const T*, const T*, const T*, int, const T*, const T*, T*, int, \
+                                                  T*, T*, long long, long long);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #endif

@@ -29,7 +29,7 @@ from ..numpy.dropout import threshold_and_scale
 
 KERNELS = ("bias_activation", "activation_forward", "activation_backward", "column_sums", "softmax_xent_labels",
            "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam", "dropout", "layer_norm",
-           "layer_norm_dx", "layer_norm_params")
+           "layer_norm_dx", "layer_norm_params", "batch_norm", "batch_norm_backward")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 BLOCK = 256
@@ -259,6 +259,26 @@ def kernel_set(cupy: Any) -> KernelSet:
                             np.int64(rows), np.int64(n)))
         return dx, dweight, dbias
 
+    def batch_norm(x, weight, bias, eps, y, mean, rstd, var):
+        x = contiguous(x)
+        _check(x, weight, bias, y, mean, rstd, var)
+        rows, n = x.shape
+        kernels.launch("batch_norm", x.dtype, n,
+                       (x, x if weight is None else weight, x if bias is None else bias, np.int32(weight is not None),
+                        np.int32(bias is not None), np.float64(eps), y, mean, rstd, var, np.int64(rows), np.int64(n)))
+        return y
+
+    def batch_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias):
+        dy, x = contiguous(dy), contiguous(x)
+        _check(dy, x, weight, mean, rstd, dx, dweight, dbias)
+        rows, n = x.shape
+        spare = kernels.scratch(n, x.dtype) if dweight is None or dbias is None else None
+        kernels.launch("batch_norm_backward", x.dtype, n,
+                       (dy, x, x if weight is None else weight, np.int32(weight is not None), mean, rstd,
+                        x if dx is None else dx, np.int32(dx is not None), spare if dweight is None else dweight,
+                        spare if dbias is None else dbias, np.int64(rows), np.int64(n)))
+        return dx, dweight, dbias
+
     return KernelSet(
         forward={name: forward_entry(name) for name in ACTIVATIONS},
         backward={name: backward_entry(name) for name in ACTIVATIONS},
@@ -279,4 +299,6 @@ def kernel_set(cupy: Any) -> KernelSet:
         dropout=dropout,
         layer_norm=layer_norm,
         layer_norm_backward=layer_norm_backward,
+        batch_norm=batch_norm,
+        batch_norm_backward=batch_norm_backward,
     )

@@ -240,6 +240,28 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias):
     return dx, dweight, dbias
 
 
+def batch_norm(x, weight, bias, eps, y, mean, rstd, var):
+    if not _contiguous(x, weight, bias, y) or x.shape[0] == 0:
+        return reference_normalization.batch_norm(x, weight, bias, eps, y, mean, rstd, var)
+    placeholder = np.empty(1, x.dtype)
+    pick(normalization.batch_norm, x.size)(x, placeholder if weight is None else weight,
+                                           placeholder if bias is None else bias, weight is not None,
+                                           bias is not None, float(eps), y, mean, rstd, var)
+    return y
+
+
+def batch_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias):
+    if not _contiguous(dy, x, weight, dx) or x.shape[0] == 0:
+        return reference_normalization.batch_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    placeholder = np.empty(1, x.dtype)
+    matrix = np.empty((1, 1), x.dtype)
+    pick(normalization.batch_norm_backward, x.size)(
+        dy, x, placeholder if weight is None else weight, weight is not None, mean, rstd,
+        matrix if dx is None else dx, dx is not None, placeholder if dweight is None else dweight,
+        placeholder if dbias is None else dbias, dweight is not None, dbias is not None)
+    return dx, dweight, dbias
+
+
 NUMBA_KERNELS = KernelSet(
     forward={name: _forward_entry(name) for name in ACTIVATIONS},
     backward={name: _backward_entry(name) for name in ACTIVATIONS},
@@ -259,4 +281,6 @@ NUMBA_KERNELS = KernelSet(
     dropout=dropout,
     layer_norm=layer_norm,
     layer_norm_backward=layer_norm_backward,
+    batch_norm=batch_norm,
+    batch_norm_backward=batch_norm_backward,
 )

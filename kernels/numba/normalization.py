@@ -71,3 +71,59 @@ def _layer_norm_params(dy, x, mean, rstd, dweight, dbias, has_dweight, has_dbias
 layer_norm = serial_and_parallel(_layer_norm)
 layer_norm_dx = serial_and_parallel(_layer_norm_dx)
 layer_norm_params = serial_and_parallel(_layer_norm_params)
+
+
+def _batch_norm(x, weight, bias, has_weight, has_bias, eps, y, mean, rstd, var):
+    """Per column of ``x (rows, n)``: the statistics in float64, swept row by row (each sweep reads
+    rows in memory order and keeps one sum per column), then the rows in parallel."""
+    rows, n = x.shape
+    s = np.zeros(n)
+    for i in range(rows):
+        for j in range(n):
+            s[j] += np.float64(x[i, j])
+    m = s / rows
+    v = np.zeros(n)
+    for i in range(rows):
+        for j in range(n):
+            d = np.float64(x[i, j]) - m[j]
+            v[j] += d * d
+    v /= rows
+    r = 1.0 / np.sqrt(v + eps)
+    for i in prange(rows):
+        for j in range(n):
+            out = (np.float64(x[i, j]) - m[j]) * r[j]
+            if has_weight:
+                out *= np.float64(weight[j])
+            if has_bias:
+                out += np.float64(bias[j])
+            y[i, j] = out
+    for j in range(n):
+        mean[j], rstd[j], var[j] = m[j], r[j], v[j]
+
+
+def _batch_norm_backward(dy, x, weight, has_weight, mean, rstd, dx, has_dx, dweight, dbias, has_dweight, has_dbias):
+    """One sweep for the column sums of dy and dy * xhat, one (rows in parallel) for dx."""
+    rows, n = x.shape
+    sum_dy = np.zeros(n)
+    sum_dy_xhat = np.zeros(n)
+    for i in range(rows):
+        for j in range(n):
+            d = np.float64(dy[i, j])
+            sum_dy[j] += d
+            sum_dy_xhat[j] += d * (np.float64(x[i, j]) - np.float64(mean[j])) * np.float64(rstd[j])
+    for j in range(n):
+        if has_dweight:
+            dweight[j] = sum_dy_xhat[j]
+        if has_dbias:
+            dbias[j] = sum_dy[j]
+    if has_dx:
+        for i in prange(rows):
+            for j in range(n):
+                r = np.float64(rstd[j])
+                scale = r * np.float64(weight[j]) if has_weight else r
+                xhat = (np.float64(x[i, j]) - np.float64(mean[j])) * r
+                dx[i, j] = scale * (np.float64(dy[i, j]) - sum_dy[j] / rows - xhat * (sum_dy_xhat[j] / rows))
+
+
+batch_norm = serial_and_parallel(_batch_norm)
+batch_norm_backward = serial_and_parallel(_batch_norm_backward)

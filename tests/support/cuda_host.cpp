@@ -78,6 +78,14 @@ extern "C" void fastnn_set_launch(unsigned, unsigned) {}
   extern "C" void layer_norm_params_##S(const T* dy, const T* x, const T* m, const T* r, T* dw, T* db,                             \
                                         long long rows, long long n) {                                                             \
     FASTNN_CALL(layer_norm_params<T>, dy, x, m, r, dw, db, rows, n);                                                               \
+  }                                                                                                                                \
+  extern "C" void batch_norm_##S(const T* x, const T* w, const T* b, int hw, int hb, double eps, T* y, T* m, T* r,                 \
+                                 T* v, long long rows, long long n) {                                                              \
+    FASTNN_CALL(batch_norm<T>, x, w, b, hw, hb, eps, y, m, r, v, rows, n);                                                         \
+  }                                                                                                                                \
+  extern "C" void batch_norm_backward_##S(const T* dy, const T* x, const T* w, int hw, const T* m, const T* r,                     \
+                                          T* dx, int hdx, T* dw, T* db, long long rows, long long n) {                             \
+    FASTNN_CALL(batch_norm_backward<T>, dy, x, w, hw, m, r, dx, hdx, dw, db, rows, n);                                             \
   }
 
 FASTNN_EXPORT(float, float)
