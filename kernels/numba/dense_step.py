@@ -260,14 +260,14 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
 @njit(**_FLAGS)
 @stamped
 def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n,
-                           drop_keys, drop_scales, drop_step, first_row, norm_eps):
+                           drop_keys, drop_scales, drop_step, first_row, norm_eps, keep):
     """Forward and backward for the samples ``idx`` (one thread's rows, from row ``first_row`` of
     the batch), weight and bias gradients of their share of the batch mean into ``grads``.
     Returns (loss sum, correct).
 
     A layer with dropout (``layers[l, 10] >= 0``) keeps its activation ``y`` for its backward,
-    hands ``y * m`` (at ``layers[l, 10]``) to the next layer and keeps the mask's factors ``m``
-    (0 or 1 / (1 - p), at ``layers[l, 11]``) for the gradient; the mask of batch element ``e``
+    hands ``y * m`` (at ``layers[l, 10]``) to the next layer (``m``: 0 or 1 / (1 - p)) and keeps
+    which elements were kept, a byte each, in ``keep`` (at ``layers[l, 11]``); the mask of batch element ``e``
     is that of ``Dropout`` at global step ``drop_step`` (``dropout.masked_copy``).
 
     A layer with LayerNorm (``layers[l, 12] >= 0``) computes ``y = g(LN(z))``: z (with its bias)
@@ -311,7 +311,7 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
         a = y
         if layers[layer, 10] >= 0:
             a = _view(work, layers[layer, 10], rows, n_out)
-            masked_copy(y.reshape(y.size), a.reshape(a.size), work[layers[layer, 11]:layers[layer, 11] + rows * n_out],
+            masked_copy(y.reshape(y.size), a.reshape(a.size), keep[layers[layer, 11]:layers[layer, 11] + rows * n_out],
                         first_row * n_out, drop_keys[layer, 1], drop_step, drop_keys[layer, 0], drop_scales[layer])
 
     last = n_layers - 1
@@ -325,11 +325,13 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
         y = _view(work, y_off, rows, n_out)
         dz = _view(work, d_off, rows, n_out)
         dy = _view(work, g_off, rows, n_out)
-        if layers[layer, 10] >= 0:  # the gradient reaching y: through the mask's factors
-            factors = work[layers[layer, 11]:layers[layer, 11] + rows * n_out]
+        if layers[layer, 10] >= 0:  # the gradient reaching y: through the mask
+            kept = keep[layers[layer, 11]:layers[layer, 11] + rows * n_out]
             flat = dy.reshape(dy.size)
+            scale = drop_scales[layer]
+            zero = scale - scale
             for e in range(flat.size):
-                flat[e] *= factors[e]
+                flat[e] *= scale if kept[e] else zero
         if layers[layer, 12] >= 0:  # through the activation to LN(z), then through the norm to z
             du = _view(work, layers[layer, 15], rows, n_out)
             activation_backward(code, dy, _view(work, layers[layer, 12], rows, n_out), y, du, alphas[layer])
@@ -449,7 +451,7 @@ def _row_blocks(rows, threads):
 @njit(**_FLAGS)
 @stamped
 def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers, alphas, nobias,
-                gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps):
+                gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps, keep):
     """Phase one of a batch, task ``t``: forward and backward of row block ``t`` into its own
     gradient buffer (``grads`` for block 0, ``partial[t - 1]`` for the others)."""
     lo = start + t * block
@@ -457,7 +459,7 @@ def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, par
     target = grads if t == 0 else partial[t - 1]
     block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, order[lo:hi], params, wt, target, work[t],
                                                              layers, alphas, nobias, gemm, ilp64, inv_n, drop_keys,
-                                                             drop_scales, drop_step, lo - start, norm_eps)
+                                                             drop_scales, drop_step, lo - start, norm_eps, keep[t])
 
 
 @njit(**_FLAGS)
@@ -483,7 +485,8 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
 @stamped
 def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers, alphas,
                   nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
-                  status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps):
+                  status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps,
+                  keep):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
@@ -498,7 +501,7 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
     Dropout: ``drop_keys`` (uint64, per layer: keep threshold and seed), ``drop_scales`` (per
     layer, the data's dtype) and ``drop_step`` (uint64, the global step of batch ``first``; batch
     ``first + i`` draws the masks of step ``drop_step + i``). LayerNorm: ``norm_eps`` (float64,
-    per layer).
+    per layer). ``keep`` (uint8, a row per thread): the kept-or-dropped bytes of each dropout layer.
 
     The threads enter one parallel loop for the whole chunk and meet twice a batch, after the
     row blocks (phase one) and after the parameter slices (phase two), on atomic counters
@@ -526,7 +529,7 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
                 if atomics.claim(phase, t):
                     _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers,
                                 alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i], drop_keys,
-                                drop_scales, drop_step + np.uint64(i), norm_eps)
+                                drop_scales, drop_step + np.uint64(i), norm_eps, keep)
                     atomics.finish(phase)
             atomics.wait(phase, blocks)
             if not math.isfinite(block_loss[i, :blocks].sum()):

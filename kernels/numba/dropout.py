@@ -45,11 +45,12 @@ def philox4(group, step, seed):
 
 
 @njit(inline="always", cache=True)
-def masked_copy(y, out, factors, first, seed, step, threshold, scale):
-    """``out = y * m`` and ``factors = m`` for the flat ``y`` whose first element is element
-    ``first`` of the layer's output: ``m`` is the mask ``_dropout`` draws for those elements
-    (0 or ``scale``), one Philox call per group of four. For the whole-step trainer, whose
-    threads each hold a block of the batch's rows."""
+def masked_copy(y, out, keep, first, seed, step, threshold, scale):
+    """``out = y * m`` for the flat ``y`` whose first element is element ``first`` of the layer's
+    output, ``m`` the mask ``_dropout`` draws for those elements (0 or ``scale``), one Philox call
+    per group of four; ``keep`` (uint8) records which were kept, one byte each, for the backward
+    (no float mask is stored). For the whole-step trainer, whose threads each hold a block of the
+    batch's rows."""
     n = y.size
     zero = scale - scale
     e = 0
@@ -59,9 +60,9 @@ def masked_copy(y, out, factors, first, seed, step, threshold, scale):
         for j in range(int(index & np.uint64(3)), 4):
             if e >= n:
                 break
-            f = scale if words[j] >= threshold else zero
-            factors[e] = f
-            out[e] = y[e] * f
+            kept = words[j] >= threshold
+            keep[e] = kept
+            out[e] = y[e] * (scale if kept else zero)
             e += 1
 
 

@@ -23,8 +23,9 @@ class DenseTrainer:
     """Trains one ``fastnn.dense_plan.DensePlan`` network: ``run`` does a chunk of batches.
 
     Each of ``threads`` row blocks gets its own workspace row (gathered inputs, then z, y, dz and
-    dL/dy per layer, each ``block_rows`` long, after a layer with dropout its masked output and
-    the mask's factors, and for a layer with LayerNorm its output, statistics and gradient) and,
+    dL/dy per layer, each ``block_rows`` long, after a layer with dropout its masked output (and
+    a byte per element in ``keep``), and for a layer with LayerNorm its output, statistics and
+    gradient) and,
     but the first, its own gradient buffer. Layers whose weights are small get the JIT GEMM and a
     slot in ``transposed_weights`` (see ``dense_step``)."""
 
@@ -34,7 +35,7 @@ class DenseTrainer:
         self.blas = blas
         self.threads = max(1, min(numba.get_num_threads(), batch_size // 16))
         block_rows = -(-batch_size // self.threads)
-        table, offset, transposed = [], block_rows * plan.layers[0].in_features, 0
+        table, offset, transposed, kept = [], block_rows * plan.layers[0].in_features, 0, 0
         for layer in plan.layers:
             size = block_rows * layer.out_features
             weights = layer.in_features * layer.out_features
@@ -44,9 +45,10 @@ class DenseTrainer:
                    layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
                    offset, offset + size, offset + 2 * size, transposed if small else -1, offset + 3 * size]
             offset += 4 * size
-            if layer.dropout > 0:  # [10] masked output, [11] the mask's factors
-                row += [offset, offset + size]
-                offset += 2 * size
+            if layer.dropout > 0:  # [10] masked output, [11] where its kept-or-dropped bytes are in `keep`
+                row += [offset, kept]
+                offset += size
+                kept += size
             else:
                 row += [-1, -1]
             if layer.norm:  # [12] normalised, [13] mean, [14] rstd, [15] its gradient; [16, 17] weight, bias
@@ -64,6 +66,7 @@ class DenseTrainer:
                                   np.uint64)
         self.drop_scales = np.array([scale for _, scale in keys], plan.dtype)
         self.norm_eps = np.array([layer.norm_eps for layer in plan.layers], np.float64)
+        self.keep = np.zeros((self.threads, max(kept, 1)), np.uint8)
         self.layers = np.array(table, np.int64)
         self.alphas = np.array([0.0 if layer.alpha is None else layer.alpha for layer in plan.layers], plan.dtype)
         self.nobias = np.zeros(max(layer.out_features for layer in plan.layers), plan.dtype)
@@ -121,7 +124,7 @@ class DenseTrainer:
                                  self.ilp64, rule, hyper, first_state, second_state, optimizer.steps, snapshot,
                                  batch_losses, batch_correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
-                                 np.uint64(dropout_step), self.norm_eps)
+                                 np.uint64(dropout_step), self.norm_eps, self.keep)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
@@ -139,4 +142,5 @@ class DenseTrainer:
                                  self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
                                  self.ilp64, dense_step.RULES["none"], none, snapshot, snapshot, 0, snapshot, loss,
                                  correct, self.status, self.sync, self.block_loss, self.block_correct, self.checks,
-                                 self.drop_keys, self.drop_scales, np.uint64(dropout_step), self.norm_eps)
+                                 self.drop_keys, self.drop_scales, np.uint64(dropout_step), self.norm_eps,
+                                 self.keep)
