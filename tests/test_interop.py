@@ -120,3 +120,26 @@ def test_foreign_arrays_keep_their_dtype_in_backend_calls(backend):
     assert y.dtype == np.float32 and backend.to_numpy(y).tolist() == [0.0, 2.0]
     with pytest.raises(TypeError, match="share one dtype"):
         backend.mse(backend.asarray(np.ones(2)), torch.ones(2))  # float64 with float32: never promoted
+
+
+_CUDA_REASON = fastnn.available_backends()["cupy"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_CUDA_REASON is not None, reason=f"needs a usable CUDA device: {_CUDA_REASON}")
+def test_cuda_tensors_come_in_and_go_out_without_copies_on_the_device():
+    """PyTorch CUDA tensors into the CuPy backend through DLPack: the same device memory, no copy;
+    results back to PyTorch the same way. (Runs where a GPU and a CUDA build of PyTorch are.)"""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this PyTorch build has no CUDA (the project's test extra installs the CPU build)")
+    import cupy
+
+    net = _net("cupy")
+    X = torch.randn(7, 5, dtype=torch.float64, device="cuda")
+    inside = net.backend.asarray(X)
+    assert isinstance(inside, cupy.ndarray) and inside.data.ptr == X.data_ptr()  # a view, on the device
+    out = net.predict(X)
+    back = torch.from_dlpack(out)
+    assert back.device.type == "cuda" and back.data_ptr() == out.data.ptr
+    np.testing.assert_allclose(cupy.asnumpy(out), _net("numpy").predict(X.cpu().numpy()), rtol=1e-12)
