@@ -492,10 +492,7 @@ class _Run:
             else:
                 value = self._parallel_step(xb, yb, grad, epoch, batch, stop - start, interrupt)
             seen += stop - start
-            if bar is not None:
-                bar.update(stop - start)
-                if batch % 16 == 0:
-                    bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
+            _show(bar, batch, stop - start, value, seen, started)
             if self.stopping(interrupt):
                 break
         return batch, seen
@@ -509,7 +506,13 @@ class _Run:
         value, grad = self.loss.compute(self.backend, out, yb, grad)
         if not guard.deferred and not math.isfinite(float(value)):
             raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
+        correct = self.loss.correct(self.backend.xp, out, yb) if self.track_accuracy else None
         network._backward(grad, need_input_grad=False)
+        return self._update(value, correct, epoch, batch)
+
+    def _update(self, value: Any, correct: Any, epoch: int, batch: int) -> Any:
+        """The end of every step, its gradients in place: clip, update, the guard, the records."""
+        network, guard = self.network, self.guard
         if self.extras.clip is not None:
             self.extras.clip_gradients(self.backend.xp, network.flat_parameters()[1])
         self.optimizer.step(network)
@@ -519,7 +522,7 @@ class _Run:
             raise guard.fail(epoch, batch + 1, guard.culprit())
         self.batch_losses[batch] = value
         if self.track_accuracy:
-            self.batch_correct[batch] = self.loss.correct(self.backend.xp, out, yb)
+            self.batch_correct[batch] = correct
         return value
 
     def stopping(self, interrupt: dict[str, bool]) -> bool:
@@ -550,7 +553,7 @@ class _Run:
         """The rest of a data-parallel step, the same on every rank: one allreduce of the
         gradients with the loss sum, the correct count and the stop flag; then the checks, the
         update and the guard, as ``_step``. Returns the global batch's mean loss."""
-        parallel, guard, network = self.parallel, self.guard, self.network
+        parallel, guard = self.parallel, self.guard
         parallel.reduce(loss_sum, correct, interrupt["stop"])
         value = parallel.loss_sum / rows
         # a deferring backend reads the flag from the device only every 16th batch (every rank the same)
@@ -558,17 +561,7 @@ class _Run:
             interrupt["agreed"] = True
         if not guard.deferred and not math.isfinite(float(value)):
             raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
-        if self.extras.clip is not None:
-            self.extras.clip_gradients(self.backend.xp, network.flat_parameters()[1])
-        self.optimizer.step(network)
-        if guard.deferred:
-            guard.track(value, batch + 1)
-        elif not guard.commit():
-            raise guard.fail(epoch, batch + 1, guard.culprit())
-        self.batch_losses[batch] = value
-        if self.track_accuracy:
-            self.batch_correct[batch] = parallel.correct
-        return value
+        return self._update(value, parallel.correct, epoch, batch)
 
     def _parallel_fused_epoch(self, order: Any, epoch: int, bar: Any, interrupt: dict[str, bool], started: float,
                               before_batch: Callable[[int], None] | None) -> tuple[int, int]:
@@ -593,10 +586,7 @@ class _Run:
                 grads[...] = 0
             value = self._reduce_and_update(loss_sum, correct, epoch, batch, stop - start, interrupt)
             seen += stop - start
-            if bar is not None:
-                bar.update(stop - start)
-                if batch % 16 == 0:
-                    bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
+            _show(bar, batch, stop - start, value, seen, started)
             if self.stopping(interrupt):
                 break
         return batch, seen
@@ -618,6 +608,16 @@ class _Run:
         record["seconds"] = seconds
         record["samples_per_s"] = seen / seconds if seconds > 0 else math.inf
         return record
+
+
+def _show(bar: Any, batch: int, rows: int, value: Any, seen: int, started: float) -> None:
+    """Move the progress bar (if any) past a batch; loss and rate every 16th (reading the loss
+    can wait for a device)."""
+    if bar is None:
+        return
+    bar.update(rows)
+    if batch % 16 == 0:
+        bar.set_postfix(loss=f"{float(value):.4f}", rate=f"{seen / (time.perf_counter() - started):,.0f}/s")
 
 
 # Batches per fused call: long enough to amortise the call, short enough that Ctrl-C and the

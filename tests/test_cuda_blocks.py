@@ -158,9 +158,11 @@ def test_every_kernel_on_real_grids_matches_the_one_thread_run_bit_for_bit(block
     assert differences(blocks, serial) == []
 
 
-MUTATIONS = {
-    "start index without blockIdx": ("(long long)blockIdx.x * blockDim.x + threadIdx.x", "(long long)threadIdx.x"),
-    "stride without blockDim": ("i += (long long)blockDim.x * gridDim.x", "i += (long long)gridDim.x"),
+MUTATIONS = {  # the definitions every grid-stride loop of the kernel file uses
+    "start index without blockIdx": ("#define FASTNN_FIRST_INDEX ((long long)blockIdx.x * blockDim.x + threadIdx.x)",
+                                     "#define FASTNN_FIRST_INDEX ((long long)threadIdx.x)"),
+    "stride without blockDim": ("#define FASTNN_GRID_STEP ((long long)blockDim.x * gridDim.x)",
+                                "#define FASTNN_GRID_STEP ((long long)gridDim.x)"),
 }
 
 
@@ -171,7 +173,7 @@ def test_the_harness_catches_a_broken_start_index_or_stride(tmp_path, serial_res
     kernels = source / "fastnn_kernels.cu"
     text = kernels.read_text()
     old, new = MUTATIONS[mutation]
-    assert text.count(old) == 1, f"the grid-stride macro changed; update the mutation {mutation!r}"
+    assert text.count(old) == 1, f"the grid-stride definitions changed; update the mutation {mutation!r}"
     kernels.write_text(text.replace(old, new))
     library = fake_cupy.build_block_kernels(tmp_path, source)
     shape = (300, 257)

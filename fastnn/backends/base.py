@@ -116,6 +116,15 @@ def _dtype_name(x: Any) -> str:
     return str(getattr(x, "dtype", type(x).__name__))
 
 
+def _check_norm_arguments(kernel: str, x: Any, n: int, weight: Any, bias: Any, eps: Any) -> None:
+    """A normalisation's affine parameters (``(n,)`` or None) and its ``eps`` (> 0)."""
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None and value.shape != (n,):
+            raise ValueError(f"{kernel}: {name} must have shape ({n},) for x {x.shape}, got {value.shape}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"{kernel}: eps must be a positive number, got {eps!r}")
+
+
 class Backend:
     """One backend: an array module plus its kernels, behind the checked public contract.
 
@@ -489,11 +498,7 @@ class Backend:
         if x.ndim == 0:
             raise ValueError("layer_norm: expected x of shape (*, n), got a scalar")
         n = x.shape[-1]
-        for name, value in (("weight", weight), ("bias", bias)):
-            if value is not None and value.shape != (n,):
-                raise ValueError(f"layer_norm: {name} must have shape ({n},) for x {x.shape}, got {value.shape}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"layer_norm: eps must be a positive number, got {eps!r}")
+        _check_norm_arguments("layer_norm", x, n, weight, bias, eps)
         y = self._out(out, x.shape, dtype, "layer_norm")
         rows = int(np.prod(x.shape[:-1], dtype=np.int64))
         mean, rstd = self.empty(x.shape[:-1], dtype), self.empty(x.shape[:-1], dtype)
@@ -537,11 +542,7 @@ class Backend:
         if x.ndim != 2:
             raise ValueError(f"batch_norm: expected x of shape (N, C), got shape {x.shape}")
         n = x.shape[1]
-        for name, value in (("weight", weight), ("bias", bias)):
-            if value is not None and value.shape != (n,):
-                raise ValueError(f"batch_norm: {name} must have shape ({n},) for x {x.shape}, got {value.shape}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"batch_norm: eps must be a positive number, got {eps!r}")
+        _check_norm_arguments("batch_norm", x, n, weight, bias, eps)
         y = self._out(out, x.shape, dtype, "batch_norm")
         mean, rstd, var = (self.empty((n,), dtype) for _ in range(3))
         if x.shape[0] and n:

@@ -4,8 +4,10 @@
 // Per-element maths lives in fastnn_math.cuh (shared with the host build used by the tests).
 #include "fastnn_math.cuh"
 
-#define FASTNN_GRID_STRIDE(i, n) \
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
+// A thread's first index and the whole grid's step, once for every grid-stride loop below.
+#define FASTNN_FIRST_INDEX ((long long)blockIdx.x * blockDim.x + threadIdx.x)
+#define FASTNN_GRID_STEP ((long long)blockDim.x * gridDim.x)
+#define FASTNN_GRID_STRIDE(i, n) for (long long i = FASTNN_FIRST_INDEX; i < (n); i += FASTNN_GRID_STEP)
 
 // After the GEMM, in one pass: z += bias (when has_bias), y = g(z). z, y: (rows, cols).
 // The column of element i follows the grid-stride loop incrementally: one 64-bit modulo per
@@ -13,9 +15,9 @@
 template <typename T>
 __global__ void bias_activation(T* z, const T* bias, T* y, long long rows, long long cols, int code, T alpha,
                                 int has_bias) {
-  const long long stride = (long long)blockDim.x * gridDim.x;
+  const long long stride = FASTNN_GRID_STEP;
   const long long column_step = stride % cols;
-  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  long long i = FASTNN_FIRST_INDEX;
   long long column = i % cols;
   for (; i < rows * cols; i += stride) {
     T v = z[i] + (has_bias ? bias[column] : T(0));

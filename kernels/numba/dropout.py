@@ -15,21 +15,6 @@ _SHIFT = np.uint64(32)
 
 
 @njit(inline="always", cache=True)
-def philox_word(group, step, seed, j):
-    """Word ``j`` of Philox4x32-10 with counter (group, step) and key seed (all uint64)."""
-    c0, c1 = group & _LOW, group >> _SHIFT
-    c2, c3 = step & _LOW, step >> _SHIFT
-    k0, k1 = seed & _LOW, seed >> _SHIFT
-    for _ in range(10):
-        p0 = _M0 * c0
-        p1 = _M1 * c2
-        c0, c1, c2, c3 = (p1 >> _SHIFT) ^ c1 ^ k0, p1 & _LOW, (p0 >> _SHIFT) ^ c3 ^ k1, p0 & _LOW
-        k0 = (k0 + _W0) & _LOW
-        k1 = (k1 + _W1) & _LOW
-    return c0 if j == 0 else (c1 if j == 1 else (c2 if j == 2 else c3))
-
-
-@njit(inline="always", cache=True)
 def philox4(group, step, seed):
     """All four words of Philox4x32-10 with counter (group, step) and key seed (all uint64)."""
     c0, c1 = group & _LOW, group >> _SHIFT
@@ -72,10 +57,11 @@ def _dropout(x, out, seed, step, threshold, scale):
     zero = scale - scale
     for g in prange((n + 3) // 4):
         group = np.uint64(g)
+        words = philox4(group, step, seed)
         for j in range(4):
             i = 4 * g + j
             if i < n:
-                out[i] = x[i] * (scale if philox_word(group, step, seed, j) >= threshold else zero)
+                out[i] = x[i] * (scale if words[j] >= threshold else zero)
 
 
 dropout = serial_and_parallel(_dropout)
