@@ -122,9 +122,9 @@ def init(comm: Any = None, share_cores: bool = True) -> World:
                 _world = World(_world_comm())
             world = _world
     if world.size > 1:
+        _use_own_gpu(world)  # first: importing CuPy loads SciPy's OpenBLAS, whose threads need sharing too
         if share_cores:
             _share_cores(world)
-        _use_own_gpu(world)
         _abort_on_uncaught_exception(world)
     return world
 
@@ -175,7 +175,9 @@ def is_main() -> bool:
 def _share_cores(world: World) -> None:
     """Numba and BLAS threads to ``cores // ranks on this node`` (at least 1), unless set by the
     user: ranks that each start a thread per core oversubscribe the node (measured: 2 ranks x
-    (2 Numba + 2 OpenBLAS threads) on 2 cores ran ~15x slower than with one thread each)."""
+    (2 Numba + 2 OpenBLAS threads) on 2 cores ran ~15x slower than with one thread each). BLAS
+    libraries loaded later (SciPy's, which importing CuPy loads) follow OPENBLAS_NUM_THREADS and
+    MKL_NUM_THREADS, set here for them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cores // world.local_size)
     if not any(name in os.environ for name in _NUMBA_THREAD_VARIABLES):
@@ -188,6 +190,8 @@ def _share_cores(world: World) -> None:
         else:
             numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
     if not any(name in os.environ for name in _BLAS_THREAD_VARIABLES):
+        # BLAS libraries loaded from now on read these; those loaded already are limited below
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(share)
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:

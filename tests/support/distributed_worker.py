@@ -67,9 +67,9 @@ def equivalence(world: distributed.World, out: str, configs: list[str]) -> None:
     calls = {"gradients": 0}
     whole_step = DenseTrainer.gradients
 
-    def counted(self, *args):
+    def counted(self, *args, **kwargs):
         calls["gradients"] += 1
-        return whole_step(self, *args)
+        return whole_step(self, *args, **kwargs)
 
     DenseTrainer.gradients = counted
     for config in configs:
