@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import blas_threads
 from . import checkpoint as _checkpoint
 from . import distributed as _distributed
 from . import losses as _losses
@@ -202,6 +203,9 @@ def fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any = None, epochs: 
       per call.
     - ``early_stopping``: a ``fastnn.EarlyStopping``; ``history.stopped_early`` and
       ``history.best_epoch`` say what it did.
+    - BLAS threads: a fit whose matrix products are all small (under ``blas_threads.SMALL_GEMM``
+      multiply-adds, such as the digits net's) runs NumPy's BLAS on one thread, where a second
+      gained nothing and, beside another busy process, cost 4x (``fastnn.blas_threads``).
     - ``clip_grad_norm``: scale the gradients so that their global 2-norm is at most this
       (``torch.nn.utils.clip_grad_norm_``: ``g *= min(1, max_norm / (norm + 1e-6))``) before
       every update. The per-layer path runs it (the whole-step trainer does not clip).
@@ -254,7 +258,7 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
     mode = network.training
     network.train()
     try:
-        with _stop_on_interrupt() as interrupt, \
+        with _stop_on_interrupt() as interrupt, blas_threads.for_fit(network, run.X.shape[1:], run.batch_size), \
                 run.trainer if run.trainer is not None else contextlib.nullcontext():
             for epoch in range(first_epoch, int(epochs) + 1):
                 extras.start_epoch(run.optimizer, epoch)

@@ -287,7 +287,8 @@ def test_ctrl_c_stops_after_the_current_chunk(digits, monkeypatch):
 
 
 def test_blas_threads_are_one_during_fit_and_restored_after(digits, monkeypatch):
-    from fastnn.kernels.numba import blas, trainer
+    from fastnn.kernels import blas
+    from fastnn.kernels.numba import trainer
 
     found = blas.find()
     before = found.get_num_threads()
@@ -308,7 +309,7 @@ def test_blas_threads_are_one_during_fit_and_restored_after(digits, monkeypatch)
 
 
 def test_without_an_openblas_to_call_the_per_layer_path_trains(digits, runs, monkeypatch):
-    from fastnn.kernels.numba import blas
+    from fastnn.kernels import blas
 
     monkeypatch.setattr(blas, "find", lambda: None)
     X, y = digits
@@ -317,7 +318,7 @@ def test_without_an_openblas_to_call_the_per_layer_path_trains(digits, runs, mon
 
 
 def test_numpys_openblas_is_found_with_its_integer_width():
-    from fastnn.kernels.numba import blas
+    from fastnn.kernels import blas
 
     found = blas.find()
     assert found is not None, "NumPy's wheels ship OpenBLAS; the fused path needs it"

@@ -177,7 +177,7 @@ def test_overlapping_numba_fits_restore_blas_threads():
     stayed on one thread for the rest of the process."""
     from threadpoolctl import threadpool_limits
 
-    from fastnn.kernels.numba import blas as blas_module
+    from fastnn.kernels import blas as blas_module
 
     blas = blas_module.find()
     if blas is None:

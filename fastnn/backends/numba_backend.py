@@ -22,7 +22,7 @@ class NumbaBackend(NumpyBackend):
     def dense_trainer(self, plan: Any, params: Any, batch_size: int) -> Any:
         """Whole steps in one JIT call (``kernels/numba/dense_step.py``), where NumPy's BLAS is an
         OpenBLAS the kernels can call; otherwise None."""
-        from ..kernels.numba import blas
+        from ..kernels import blas
         from ..kernels.numba.trainer import DenseTrainer
 
         found = blas.find()

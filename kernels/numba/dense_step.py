@@ -36,8 +36,8 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
+from ..blas import NO_TRANS, ROW_MAJOR, TRANS
 from . import atomics, elementwise, simd, small_gemm
-from .blas import NO_TRANS, ROW_MAJOR, TRANS
 from .dropout import masked_copy
 from .jit import stamped
 from .losses import row_exp

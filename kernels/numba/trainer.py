@@ -9,8 +9,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from .. import blas as _blas
 from ..numpy.dropout import threshold_and_scale
-from . import blas as _blas
 from . import dense_step
 from .scalar import CODES
 from .small_gemm import SMALL_GEMM_MAX_BYTES
