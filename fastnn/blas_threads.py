@@ -10,7 +10,9 @@ two, quiet, alternated in one process; beside one busy process, 57,000 on two th
 228,000 on one (``python benchmarks/training.py --backend numpy --epochs 10 --repeats 3 --busy``
 with and without ``OPENBLAS_NUM_THREADS=1``).
 
-The choice depends only on the network and the batch size, never on the load, so a run and its
+The threshold was measured on that Xeon only; an AMD EPYC has not been measured, and a CPU whose
+second thread pays off sooner would want it lower. The choice depends only on the network and the
+batch size, never on the load, so a run and its
 resumed continuation use the same thread count and stay bit for bit the same (OpenBLAS's
 results can differ in the last bits between thread counts).
 """
