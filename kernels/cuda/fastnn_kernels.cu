@@ -38,69 +38,185 @@ __global__ void activation_backward(const T* dy, const T* z, const T* y, T* dz, 
   FASTNN_GRID_STRIDE(i, n) { dz[i] = fastnn::activation_backward(code, dy[i], z[i], y[i], alpha); }
 }
 
-// Bias gradient: out[j] = sum_i dz[i, j], one thread per column summing down the rows in order,
-// so the result is the same on every launch (no atomics).
+// Block reductions, deterministic and the same bits for any block size: the work of a block is
+// laid out over FASTNN_VIRTUAL (256) virtual threads; a real thread plays virtual threads
+// threadIdx.x, threadIdx.x + blockDim.x, ... (one each at launch.py's 256-thread blocks), so
+// the order of every addition is fixed by the data's shape alone, never by the launch.
+#define FASTNN_VIRTUAL 256
+#define FASTNN_FOR_VIRTUAL(v) for (int v = threadIdx.x; v < FASTNN_VIRTUAL; v += blockDim.x)
+
+// Bias gradient: out[j] = sum_i dz[i, j]. A block takes a tile of 32 columns; virtual thread v
+// sums column (v % 32) over the rows i = v / 32 (mod 8) (neighbouring threads read neighbouring
+// columns: coalesced), then the 8 partial sums of each column are added in order. Tiles are
+// grid-strided; no atomics.
 template <typename T>
 __global__ void column_sums(const T* dz, T* out, long long rows, long long cols) {
-  FASTNN_GRID_STRIDE(j, cols) {
-    T total = T(0);
-    for (long long i = 0; i < rows; ++i) total += dz[i * cols + j];
-    out[j] = total;
+  __shared__ T partial[8][32];
+  const long long tiles = (cols + 31) / 32;
+  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    FASTNN_FOR_VIRTUAL(v) {
+      const long long j = tile * 32 + v % 32;
+      T total = T(0);
+      if (j < cols)
+        for (long long i = v / 32; i < rows; i += 8) total += dz[i * cols + j];
+      partial[v / 32][v % 32] = total;
+    }
+    __syncthreads();
+    FASTNN_FOR_VIRTUAL(v) {
+      const long long j = tile * 32 + v;
+      if (v < 32 && j < cols) {
+        T total = partial[0][v];
+        for (int r = 1; r < 8; ++r) total += partial[r][v];
+        out[j] = total;
+      }
+    }
+    __syncthreads();  // the next tile reuses `partial`
   }
 }
 
-// Softmax cross-entropy with integer labels, one thread per row (log-sum-exp stable):
+// A row's 32 lanes combined pairwise (lane l with l + s, s = 16, 8, ..., 1), in shared memory.
+template <typename T, typename Op>
+__device__ __forceinline__ void fastnn_tree(T (*lanes)[32], Op op) {
+  for (int s = 16; s >= 1; s /= 2) {
+    FASTNN_FOR_VIRTUAL(v) {
+      if (v % 32 < s) lanes[v / 32][v % 32] = op(lanes[v / 32][v % 32], lanes[v / 32][v % 32 + s]);
+    }
+    __syncthreads();
+  }
+}
+
+struct fastnn_max_op {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return b > a ? b : a; }
+};
+struct fastnn_add_op {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+// Softmax cross-entropy, log-sum-exp stable, a block per tile of 8 rows: virtual thread v takes
+// row v / 32 of the tile and its classes j = v % 32, v % 32 + 32, ... (coalesced); the row's
+// maximum and sums are trees over its 32 lanes. With integer labels:
 // grad = (softmax(z) - onehot) * inv_n, row_loss[i] = lse_i - z[i, label_i].
 template <typename T>
 __global__ void softmax_xent_labels(const T* z, const long long* labels, T* grad, T* row_loss, long long rows,
                                     long long classes, T inv_n) {
-  FASTNN_GRID_STRIDE(i, rows) {
-    const T* row = z + i * classes;
-    T* g = grad + i * classes;
-    T top = row[0];
-    for (long long j = 1; j < classes; ++j) top = row[j] > top ? row[j] : top;
-    if (fastnn::is_nan(top)) top = T(0);  // a NaN in the row spreads through exp below
-    T total = T(0);
-    for (long long j = 0; j < classes; ++j) {
-      T e = fastnn::m_exp(row[j] - top);
-      g[j] = e;
-      total += e;
+  __shared__ T lanes[8][32];
+  __shared__ T top[8], total[8];
+  const long long tiles = (rows + 7) / 8;
+  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    FASTNN_FOR_VIRTUAL(v) {  // each lane's maximum, starting from the row's first element
+      const long long i = tile * 8 + v / 32;
+      T m = T(0);
+      if (i < rows) {
+        m = z[i * classes];
+        for (long long j = v % 32; j < classes; j += 32) m = z[i * classes + j] > m ? z[i * classes + j] : m;
+      }
+      lanes[v / 32][v % 32] = m;
     }
-    T scale = inv_n / total;
-    for (long long j = 0; j < classes; ++j) g[j] *= scale;
-    long long label = labels[i];
-    if (label < 0 || label >= classes) {  // never index outside the row: the row becomes NaN
-      for (long long j = 0; j < classes; ++j) g[j] = fastnn::m_nan(top);
-      row_loss[i] = fastnn::m_nan(top);
-      continue;
+    __syncthreads();
+    fastnn_tree(lanes, fastnn_max_op());
+    FASTNN_FOR_VIRTUAL(v) {
+      if (v % 32 == 0) top[v / 32] = fastnn::is_nan(lanes[v / 32][0]) ? T(0) : lanes[v / 32][0];  // NaN spreads via exp
     }
-    g[label] -= inv_n;
-    row_loss[i] = top + fastnn::m_log(total) - row[label];
+    __syncthreads();
+    FASTNN_FOR_VIRTUAL(v) {  // exponentials into grad, each lane's sum
+      const long long i = tile * 8 + v / 32;
+      T s = T(0);
+      if (i < rows)
+        for (long long j = v % 32; j < classes; j += 32) {
+          T e = fastnn::m_exp(z[i * classes + j] - top[v / 32]);
+          grad[i * classes + j] = e;
+          s += e;
+        }
+      lanes[v / 32][v % 32] = s;
+    }
+    __syncthreads();
+    fastnn_tree(lanes, fastnn_add_op());
+    FASTNN_FOR_VIRTUAL(v) {
+      if (v % 32 == 0) total[v / 32] = lanes[v / 32][0];
+    }
+    __syncthreads();
+    FASTNN_FOR_VIRTUAL(v) {
+      const long long i = tile * 8 + v / 32;
+      if (i >= rows) continue;
+      const long long label = labels[i];
+      const bool valid = label >= 0 && label < classes;  // never index outside the row: it becomes NaN
+      const T scale = inv_n / total[v / 32];
+      for (long long j = v % 32; j < classes; j += 32) {
+        T* g = grad + i * classes + j;
+        *g = valid ? *g * scale - (j == label ? inv_n : T(0)) : fastnn::m_nan(scale);
+      }
+      if (v % 32 == 0)
+        row_loss[i] = valid ? top[v / 32] + fastnn::m_log(total[v / 32]) - z[i * classes + label] : fastnn::m_nan(scale);
+    }
+    __syncthreads();  // the next tile reuses the shared arrays
   }
 }
 
-// With probability targets: row_loss[i] = sum_j t_ij (lse_i - z_ij).
+// With probability targets: row_loss[i] = sum_j t_ij (lse_i - z_ij), the same tiles and trees.
 template <typename T>
 __global__ void softmax_xent_probs(const T* z, const T* target, T* grad, T* row_loss, long long rows,
                                    long long classes, T inv_n) {
-  FASTNN_GRID_STRIDE(i, rows) {
-    const T* row = z + i * classes;
-    const T* t = target + i * classes;
-    T* g = grad + i * classes;
-    T top = row[0];
-    for (long long j = 1; j < classes; ++j) top = row[j] > top ? row[j] : top;
-    if (fastnn::is_nan(top)) top = T(0);
-    T total = T(0), mass = T(0), dot = T(0);
-    for (long long j = 0; j < classes; ++j) {
-      T e = fastnn::m_exp(row[j] - top);
-      g[j] = e;
-      total += e;
-      mass += t[j];
-      dot += t[j] * row[j];
+  __shared__ T lanes[8][32], mass_lanes[8][32], dot_lanes[8][32];
+  __shared__ T top[8], total[8], mass[8];
+  const long long tiles = (rows + 7) / 8;
+  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    FASTNN_FOR_VIRTUAL(v) {
+      const long long i = tile * 8 + v / 32;
+      T m = T(0);
+      if (i < rows) {
+        m = z[i * classes];
+        for (long long j = v % 32; j < classes; j += 32) m = z[i * classes + j] > m ? z[i * classes + j] : m;
+      }
+      lanes[v / 32][v % 32] = m;
     }
-    T scale = inv_n * mass / total;
-    for (long long j = 0; j < classes; ++j) g[j] = g[j] * scale - t[j] * inv_n;
-    row_loss[i] = (top + fastnn::m_log(total)) * mass - dot;
+    __syncthreads();
+    fastnn_tree(lanes, fastnn_max_op());
+    FASTNN_FOR_VIRTUAL(v) {
+      if (v % 32 == 0) top[v / 32] = fastnn::is_nan(lanes[v / 32][0]) ? T(0) : lanes[v / 32][0];
+    }
+    __syncthreads();
+    FASTNN_FOR_VIRTUAL(v) {
+      const long long i = tile * 8 + v / 32;
+      T s = T(0), t_sum = T(0), dot = T(0);
+      if (i < rows)
+        for (long long j = v % 32; j < classes; j += 32) {
+          const long long k = i * classes + j;
+          T e = fastnn::m_exp(z[k] - top[v / 32]);
+          grad[k] = e;
+          s += e;
+          t_sum += target[k];
+          dot += target[k] * z[k];
+        }
+      lanes[v / 32][v % 32] = s;
+      mass_lanes[v / 32][v % 32] = t_sum;
+      dot_lanes[v / 32][v % 32] = dot;
+    }
+    __syncthreads();
+    fastnn_tree(lanes, fastnn_add_op());
+    fastnn_tree(mass_lanes, fastnn_add_op());
+    fastnn_tree(dot_lanes, fastnn_add_op());
+    FASTNN_FOR_VIRTUAL(v) {
+      if (v % 32 == 0) {
+        const int r = v / 32;
+        total[r] = lanes[r][0];
+        mass[r] = mass_lanes[r][0];
+        const long long i = tile * 8 + r;
+        if (i < rows) row_loss[i] = (top[r] + fastnn::m_log(total[r])) * mass[r] - dot_lanes[r][0];
+      }
+    }
+    __syncthreads();
+    FASTNN_FOR_VIRTUAL(v) {
+      const long long i = tile * 8 + v / 32;
+      if (i >= rows) continue;
+      const T scale = inv_n * mass[v / 32] / total[v / 32];
+      for (long long j = v % 32; j < classes; j += 32) {
+        const long long k = i * classes + j;
+        grad[k] = grad[k] * scale - target[k] * inv_n;
+      }
+    }
+    __syncthreads();
   }
 }
 

@@ -32,7 +32,7 @@ KERNELS = ("bias_activation", "activation_forward", "activation_backward", "colu
            "layer_norm_dx", "layer_norm_params", "batch_norm", "batch_norm_backward")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
-BLOCK = 256
+BLOCK = 256  # threads per block; the block reductions lay a tile over FASTNN_VIRTUAL = 256 threads
 
 
 MODULE_OPTIONS = ("--std=c++17",)  # CuPy adds its own (-ftz=true, -arch=sm_XX, include paths)
@@ -138,6 +138,11 @@ def kernel_set(cupy: Any) -> KernelSet:
     def rows(a):
         return a.reshape(-1, a.shape[-1])
 
+    def tiles(count, per_block):
+        """The work of a block-reduction kernel: ``count`` items in tiles of ``per_block`` (32
+        columns, 8 rows), each tile one block of BLOCK threads."""
+        return -(-count // per_block) * BLOCK
+
     def bias_activation(z, bias, activation, alpha, y):
         _check(z, bias, y)
         if y is z:
@@ -159,7 +164,7 @@ def kernel_set(cupy: Any) -> KernelSet:
         cp.matmul(dz2.T, rows(x), out=dweight)
         if dbias is not None:
             _check(dz2, dbias)
-            kernels.launch("column_sums", dz2.dtype, dz2.shape[1],
+            kernels.launch("column_sums", dz2.dtype, tiles(dz2.shape[1], 32),
                            (dz2, dbias, np.int64(dz2.shape[0]), np.int64(dz2.shape[1])))
         if dx is not None:
             cp.matmul(dz2, weight, out=rows(dx))
@@ -179,11 +184,11 @@ def kernel_set(cupy: Any) -> KernelSet:
         inv_n = typed(1.0 / n, logits.dtype)
         if target.dtype.kind in "iu":
             labels = target if target.dtype == np.int64 else target.astype(np.int64)
-            kernels.launch("softmax_xent_labels", logits.dtype, n,
+            kernels.launch("softmax_xent_labels", logits.dtype, tiles(n, 8),
                            (logits, labels, grad, row_loss, np.int64(n), np.int64(classes), inv_n))
         else:
             _check(logits, target)
-            kernels.launch("softmax_xent_probs", logits.dtype, n,
+            kernels.launch("softmax_xent_probs", logits.dtype, tiles(n, 8),
                            (logits, target, grad, row_loss, np.int64(n), np.int64(classes), inv_n))
         return mean(row_loss.sum(dtype=np.float64), n, logits.dtype), grad
 

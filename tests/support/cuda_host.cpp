@@ -26,6 +26,8 @@ static fastnn_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1
 #define __host__
 #define __device__
 #define __forceinline__ inline
+#define __shared__ static  // one thread: its block's shared memory is the function's own
+inline void __syncthreads() {}
 #define FASTNN_CALL(kernel, ...) kernel(__VA_ARGS__)
 extern "C" void fastnn_set_launch(unsigned, unsigned) {}
 #endif
