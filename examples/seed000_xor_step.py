@@ -12,7 +12,7 @@ import fastnn
 
 
 def row(name, ours, notes):
-    ours_text = str(np.asarray(ours, dtype=np.float64).round(5).tolist())
+    ours_text = str(np.asarray(fastnn.to_numpy(ours), dtype=np.float64).round(5).tolist())
     print(f"  {name:24s} fastnn {ours_text:32s} notes {notes}")
 
 

@@ -19,7 +19,7 @@ def main(argv=None):
     net = fastnn.Network([fastnn.Linear(2, 2, "sigmoid", init="xavier", seed=3), fastnn.Linear(2, 1, seed=4)])
     history = net.fit(X, y, "bce_with_logits", fastnn.SGD(lr=2.0, momentum=0.9), epochs=1500, batch_size=4,
                       shuffle=False, progress=False)
-    probabilities = 1 / (1 + np.exp(-np.asarray(net.predict(X))[:, 0]))
+    probabilities = 1 / (1 + np.exp(-fastnn.to_numpy(net.predict(X))[:, 0]))
     print(f"loss: first epoch {history['loss'][0]:.4f}, last {history['loss'][-1]:.4f}")
     for point, target, p in zip(X, y[:, 0], probabilities):
         print(f"  x = {point}  target {int(target)}  P(1) = {p:.4f}  predicted {int(p > 0.5)}")

@@ -54,7 +54,7 @@ def main(argv=None):
                    fastnn.Linear(64, 10, seed=2)]
     net, modern = train("ReLU + cross-entropy, SGD momentum 0.9", relu_layers, "cross_entropy", y_train, y_test,
                         fastnn.SGD(0.05, momentum=0.9), 10 if args.quick else 40, X_train, X_test)
-    predicted = np.argmax(np.asarray(net.predict(X_test)), axis=1)
+    predicted = np.argmax(fastnn.to_numpy(net.predict(X_test)), axis=1)
     counts = fastnn.plots.confusion_counts(predicted, y_test, 10)
     print("confusion matrix (rows: true digit, columns: predicted)")
     for digit, counts_row in enumerate(counts):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import datasets, init, interop, losses, plots, schedules
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend, set_backend, use_backend
-from .backends.base import to_dlpack
+from .backends.base import to_dlpack, to_numpy
 from .early_stopping import EarlyStopping
 from .errors import BackendUnavailable
 from .gradcheck import gradcheck
@@ -45,5 +45,5 @@ __all__ = [
     "EarlyStopping", "GELU", "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Linear", "Network",
     "Optimizer", "ReLU", "SGD", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "available_backends",
     "datasets", "get_backend", "gradcheck", "init", "interop", "losses", "plots", "schedules", "set_backend",
-    "to_dlpack", "use_backend",
+    "to_dlpack", "to_numpy", "use_backend",
 ]

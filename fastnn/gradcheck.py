@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends.base import to_numpy
 from .losses import Loss
 
 
@@ -44,9 +45,9 @@ def gradcheck(target: Any, x: Any, y: Any = None, eps: float = 1e-6, seed: int =
     Errors below about 1e-6 mean the gradients agree.
     """
     if isinstance(target, Loss):
-        pred = np.array(x, dtype=np.float64)
+        pred = np.array(to_numpy(x), dtype=np.float64)
         _, analytic = target(pred, y)
-        analytic = np.array(analytic, dtype=np.float64)
+        analytic = np.array(to_numpy(analytic), dtype=np.float64)
         numeric = _numeric_grad(lambda: float(target(pred, y)[0]), pred, eps)
         return _relative_error(analytic, numeric)
 
@@ -56,7 +57,7 @@ def gradcheck(target: Any, x: Any, y: Any = None, eps: float = 1e-6, seed: int =
     backend = target.backend
     if hasattr(target, "flat_parameters"):
         target.flat_parameters()
-    x = np.array(x, dtype=np.float64)
+    x = np.array(to_numpy(x), dtype=np.float64)
     out = backend.to_numpy(target.forward(backend.asarray(x)))
     weights = np.random.default_rng(seed).standard_normal(out.shape)
 

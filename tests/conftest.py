@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -17,8 +18,16 @@ USABLE = [name for name, reason in fastnn.available_backends().items() if reason
 # "cupy-standin" runs the CuPy backend's own code on a NumPy-backed CuPy whose kernels are the
 # real CUDA source compiled for the host (tests/support/fake_cupy.py). A real GPU adds "cupy",
 # marked gpu: `pytest -m gpu` runs the suite on the device alone.
+#
+# CI's second run (.ci/run) sets FASTNN_CUPY_STANDIN: every process, this one and those the tests
+# start, then imports the strict stand-in as ``cupy`` (tests/support/standin_site), and
+# FASTNN_BACKEND=cupy makes it the default backend, as on a machine with a GPU. Tests that take
+# ``backend`` ran on the stand-in in the first run already, and tests marked own_backends build
+# their own: that run leaves both out and runs the rest on the default backend.
+STANDIN_RUN = bool(os.environ.get("FASTNN_CUPY_STANDIN"))
 _GPU = pytest.mark.gpu
-VARIANTS = [pytest.param(name, marks=_GPU) if name == "cupy" else name for name in USABLE]
+VARIANTS = [pytest.param(name, marks=_GPU) if name == "cupy" else name for name in USABLE if not
+            (STANDIN_RUN and name == "cupy")]
 VARIANTS += ["numba-parallel"] if "numba" in USABLE else []
 VARIANTS += ["cupy-standin"] if fake_cupy.host_compiler() else []
 
@@ -80,11 +89,25 @@ def tolerance(dtype) -> dict[str, float]:
     return {"rtol": 2e-5, "atol": 2e-6} if np.dtype(dtype) == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
 
 
+def pytest_collection_modifyitems(config, items):
+    if not STANDIN_RUN:
+        return
+    elsewhere = [item for item in items if "backend" in getattr(getattr(item, "callspec", None), "params", {})
+                 or item.get_closest_marker("own_backends")]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        left = set(map(id, elsewhere))
+        items[:] = [item for item in items if id(item) not in left]
+
+
 def pytest_report_header(config):
     unusable = {name: why for name, why in fastnn.available_backends().items() if why}
     names = [v if isinstance(v, str) else v.values[0] for v in VARIANTS]
     lines = [f"fastnn backends under test: {', '.join(names)}"]
     lines += [f"  not under test: {name} ({why})" for name, why in unusable.items()]
+    if STANDIN_RUN:
+        lines.append(f"the CuPy stand-in run: default backend {fastnn.get_backend().name!r} "
+                     f"(FASTNN_BACKEND={os.environ.get('FASTNN_BACKEND')!r}), backend-parametrised tests left out")
     return lines
 
 

@@ -5,8 +5,11 @@ limits at +-inf spelled out. Slow and simple on purpose."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+
+import fastnn
 
 GELU_C = 0.044715
 GELU_K = math.sqrt(2.0 / math.pi)
@@ -203,3 +206,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if b.ndim == 1:
         result = result[..., 0]
     return result
+
+
+def host(array: Any) -> np.ndarray:
+    """Any backend's array as a NumPy array for an assertion (``fastnn.to_numpy``: NumPy may not
+    read a device array)."""
+    return fastnn.to_numpy(array)

@@ -13,7 +13,8 @@ import pytest
 
 import fastnn
 
-pytestmark = pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable")
+pytestmark = [pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable"),
+              pytest.mark.own_backends]  # the Numba kernels themselves
 
 # Run in a child process: a deadlock there fails the test on the timeout instead of hanging the
 # suite (a thread spinning in a kernel never returns to Python to see a signal).

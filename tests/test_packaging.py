@@ -21,6 +21,7 @@ def test_kernel_source_from_the_checkout():
         kernel_source("cuda/missing.cu")
 
 
+@pytest.mark.own_backends  # a wheel in its own venv, on that venv's default backend
 @pytest.mark.slow
 def test_wheel_installs_and_finds_its_kernels(tmp_path):
     dist = tmp_path / "dist"
@@ -41,8 +42,9 @@ def test_wheel_installs_and_finds_its_kernels(tmp_path):
              "print(k.kernel_source('numpy/activations.py').count('def '))\n"
              "net = fastnn.Network([fastnn.Linear(2, 3, 'relu'), fastnn.Linear(3, 1)])\n"
              "print(net.forward(np.ones((4, 2))).shape)\n")
-    run = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FASTNN_BACKEND")}
+    run = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     location, definitions, shape = run.stdout.split("\n")[:3]
     assert Path(location).resolve().is_relative_to(env_dir.resolve()), location  # the wheel, not the checkout

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastnn
+from reference import host
 
 
 def test_seed000_xor_single_backprop_step(backend):
@@ -20,8 +21,8 @@ def test_seed000_xor_single_backprop_step(backend):
     x, y = np.array([[0.0, 1.0]]), np.array([[1.0]])
 
     y_hat = net.forward(x)
-    np.testing.assert_allclose(hidden._slot[0], [[0.1, 0.2]], atol=1e-12)  # z1, z2
-    np.testing.assert_allclose(output._slot[0], [[-0.59]], atol=1e-12)  # z3
+    np.testing.assert_allclose(host(hidden._slot[0]), [[0.1, 0.2]], atol=1e-12)  # z1, z2
+    np.testing.assert_allclose(host(output._slot[0]), [[-0.59]], atol=1e-12)  # z3
     assert float(y_hat[0, 0]) == pytest.approx(0.3566, abs=5e-5)
 
     loss, dloss = fastnn.losses.BCE()(y_hat, y)
@@ -29,16 +30,16 @@ def test_seed000_xor_single_backprop_step(backend):
     net.backward(dloss)
     dz3 = float(output._slot[2][0, 0])
     assert dz3 == pytest.approx(-0.6434, abs=5e-5)  # y_hat - y
-    np.testing.assert_allclose(output.grads["weight"], [[-0.06434, -0.1287]], atol=5e-5)
-    np.testing.assert_allclose(output.grads["bias"], [-0.6434], atol=5e-5)
-    np.testing.assert_allclose(hidden._slot[2], [[0.3217, -0.5147]], atol=5e-5)  # dz_hidden
-    np.testing.assert_allclose(hidden.grads["weight"], [[0, 0.3217], [0, -0.5147]], atol=5e-5)
+    np.testing.assert_allclose(host(output.grads["weight"]), [[-0.06434, -0.1287]], atol=5e-5)
+    np.testing.assert_allclose(host(output.grads["bias"]), [-0.6434], atol=5e-5)
+    np.testing.assert_allclose(host(hidden._slot[2]), [[0.3217, -0.5147]], atol=5e-5)  # dz_hidden
+    np.testing.assert_allclose(host(hidden.grads["weight"]), [[0, 0.3217], [0, -0.5147]], atol=5e-5)
 
     fastnn.SGD(lr=0.1).step(net)
-    np.testing.assert_allclose(output.weight, [[-0.4936, 0.8129]], atol=5e-5)
+    np.testing.assert_allclose(host(output.weight), [[-0.4936, 0.8129]], atol=5e-5)
     assert float(output.bias[0]) == pytest.approx(-0.6357, abs=5e-5)
-    np.testing.assert_allclose(hidden.weight, [[0.4, -0.23217], [0.1, 0.65147]], atol=5e-5)
-    np.testing.assert_allclose(hidden.bias, [0.26783, -0.34853], atol=5e-5)
+    np.testing.assert_allclose(host(hidden.weight), [[0.4, -0.23217], [0.1, 0.65147]], atol=5e-5)
+    np.testing.assert_allclose(host(hidden.bias), [0.26783, -0.34853], atol=5e-5)
 
 
 def test_seed000_bce_with_logits_gives_the_same_step(backend):
@@ -61,18 +62,18 @@ def test_seed001_linear_3_4_then_sigmoid_layer(backend):
     layer1.bias = np.zeros(4)
     assert layer1.weight.shape == (4, 3)  # nn.Linear(3, 4).weight is 4x3
     z = layer1.forward(np.array([1.0, 2.0, 3.0]))
-    np.testing.assert_array_equal(z, [14, 32, 50, 68])
+    np.testing.assert_array_equal(host(z), [14, 32, 50, 68])
     dx = layer1.backward(np.full(4, 0.5))
-    np.testing.assert_array_equal(dx, [11, 13, 15])
-    np.testing.assert_array_equal(layer1.grads["weight"], np.tile([0.5, 1.0, 1.5], (4, 1)))
-    np.testing.assert_array_equal(layer1.grads["bias"], [0.5] * 4)
+    np.testing.assert_array_equal(host(dx), [11, 13, 15])
+    np.testing.assert_array_equal(host(layer1.grads["weight"]), np.tile([0.5, 1.0, 1.5], (4, 1)))
+    np.testing.assert_array_equal(host(layer1.grads["bias"]), [0.5] * 4)
 
     layer2 = fastnn.Linear(4, 2, "sigmoid", init="zeros", dtype=np.float64)
     a2 = layer2.forward(z)
-    np.testing.assert_array_equal(a2, [0.5, 0.5])
+    np.testing.assert_array_equal(host(a2), [0.5, 0.5])
     layer2.backward(np.full(2, 0.5))  # dz2 = 0.5 * sigmoid'(0) = 0.125
-    np.testing.assert_array_equal(layer2.grads["bias"], [0.125, 0.125])
-    np.testing.assert_array_equal(layer2.grads["weight"], np.tile([1.75, 4, 6.25, 8.5], (2, 1)))
+    np.testing.assert_array_equal(host(layer2.grads["bias"]), [0.125, 0.125])
+    np.testing.assert_array_equal(host(layer2.grads["weight"]), np.tile([1.75, 4, 6.25, 8.5], (2, 1)))
 
 
 def test_seed001_parameter_count_2_3_1():
@@ -112,7 +113,7 @@ def test_seed000_batched_matmul_values(backend):
     A = np.array([[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]], dtype=np.float64)
     B = np.array([[[2] * 4, [3] * 4, [4] * 4]] * 2, dtype=np.float64)
     C = backend.to_numpy(backend.matmul(backend.asarray(A), backend.asarray(B)))
-    np.testing.assert_array_equal(C, [[[20] * 4, [47] * 4], [[74] * 4, [101] * 4]])
+    np.testing.assert_array_equal(host(C), [[[20] * 4, [47] * 4], [[74] * 4, [101] * 4]])
 
 
 def test_seed000_linear_over_leading_dims(backend):
@@ -121,7 +122,7 @@ def test_seed000_linear_over_leading_dims(backend):
     X = np.random.default_rng(0).random((10, 2, 3))
     Y = layer.forward(X)
     assert Y.shape == (10, 2, 4)
-    np.testing.assert_allclose(Y, X @ np.asarray(layer.weight).T + np.asarray(layer.bias), rtol=1e-12)
+    np.testing.assert_allclose(host(Y), X @ host(layer.weight).T + host(layer.bias), rtol=1e-12)
 
 
 def test_seed002_xor_net_classifies_all_four_points(backend):
@@ -130,8 +131,8 @@ def test_seed002_xor_net_classifies_all_four_points(backend):
     net = fastnn.Network([fastnn.Linear(2, 2, "sigmoid", init="xavier", seed=3), fastnn.Linear(2, 1, seed=4)])
     history = net.fit(X, y, "bce_with_logits", fastnn.SGD(lr=2.0, momentum=0.9), epochs=1500,
                       batch_size=4, shuffle=False, progress=False)
-    predictions = (np.asarray(net.predict(X)) > 0).astype(np.float32)
-    np.testing.assert_array_equal(predictions, y)
+    predictions = (host(net.predict(X)) > 0).astype(np.float32)
+    np.testing.assert_array_equal(host(predictions), y)
     assert history["loss"][-1] < 0.05 < history["loss"][0]
 
 

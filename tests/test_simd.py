@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import fastnn
 
-pytestmark = pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable")
+pytestmark = [pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable"),
+              pytest.mark.own_backends]  # the Numba kernels themselves
 
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30]
 

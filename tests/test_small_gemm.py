@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import fastnn
 
-pytestmark = pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable")
+pytestmark = [pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable"),
+              pytest.mark.own_backends]  # the Numba kernels themselves
 
 
 def _gemm_into(a, b, c, transpose_a=False):

@@ -112,6 +112,17 @@ def to_dlpack(x: Any) -> Any:
     return x.__dlpack__()
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """A fastnn result (any backend's array) as a NumPy array on the host: a device array is
+    copied back (NumPy may not read a CuPy array: ``np.asarray`` raises ``TypeError``), a NumPy
+    array is returned as it is, anything else goes through ``np.asarray``."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "get"):  # CuPy's arrays (and the tests' stand-in)
+        return x.get()
+    return np.asarray(x)
+
+
 def _dtype_name(x: Any) -> str:
     return str(getattr(x, "dtype", type(x).__name__))
 

@@ -152,7 +152,7 @@ def nccl(world: distributed.World, out: str, library: str) -> None:
     net = network("numpy", "float64").to(backend)
     history = net.fit(X, y, "cross_entropy", OPTIMIZERS["sgd-momentum"](), epochs=EPOCHS, batch_size=BATCH, seed=3,
                       validation_data=(X[:9], y[:9]), progress=False, distributed=True)
-    np.save(os.path.join(out, f"nccl-rank{world.rank}.npy"), np.asarray(net.flat_parameters()[0]))
+    np.save(os.path.join(out, f"nccl-rank{world.rank}.npy"), backend.to_numpy(net.flat_parameters()[0]))
     communicators = fake_nccl.NcclCommunicator.made
     with open(os.path.join(out, f"nccl-rank{world.rank}.json"), "w") as handle:
         json.dump({"history": history.epochs, "communicators": len(communicators),

@@ -52,26 +52,12 @@ class NcclCommunicator:
         self.calls += 1
 
 
-class DeviceArray(np.ndarray):
-    """A stand-in device array that, as CuPy's, gives its address through
-    ``__cuda_array_interface__`` (views and results of operations stay DeviceArrays)."""
-
-    @property
-    def __cuda_array_interface__(self) -> dict:
-        return {"data": (self.ctypes.data, False), "shape": self.shape, "typestr": self.dtype.str,
-                "strides": None if self.flags.c_contiguous else self.strides, "version": 3}
-
-
 def install(fake_cupy: types.ModuleType) -> None:
-    """Make the CuPy stand-in ``fake_cupy`` allocate DeviceArrays, give it a current stream and
-    register this module as ``cupy.cuda.nccl``."""
+    """Register this module as the CuPy stand-in's ``cupy.cuda.nccl`` (its device arrays give
+    their addresses through ``__cuda_array_interface__``, as CuPy's do)."""
     import sys
 
-    def allocator(allocate):
-        return lambda *args, **kwargs: allocate(*args, **kwargs).view(DeviceArray)
-
-    fake_cupy.empty, fake_cupy.zeros = allocator(np.empty), allocator(np.zeros)
-    fake_cupy.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0)
+    fake_cupy.cuda.nccl = sys.modules[__name__]
     sys.modules["cupy.cuda.nccl"] = sys.modules[__name__]
 
 
