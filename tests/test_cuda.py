@@ -15,6 +15,7 @@ import pytest
 import fastnn
 from fastnn.backends import backend_for
 from fastnn.kernels.cuda import launch
+from fastnn.kernels.cuda.symbols import SYMBOLS
 
 CUDA_DIR = os.path.join(os.path.dirname(launch.__file__))
 NO_DEVICE = fastnn.available_backends()["cupy"]
@@ -133,8 +134,20 @@ def test_cupy_builds_the_module_with_its_own_nvrtc_compile(arch, tmp_path, monke
                                                  cache_dir=str(tmp_path), name_expressions=names, log_stream=log)
     assert log.getvalue() == ""
     assert sorted(module.mapping) == sorted(names)
-    assert all(symbol.startswith("_Z") for symbol in module.mapping.values()), module.mapping
+    table = "".join(f'    "{name}": "{module.mapping[name]}",\n' for name in names)
+    assert module.mapping == SYMBOLS, f"kernels/cuda/symbols.py is stale; NVRTC's symbols are:\n{table}"
     assert module.cubin[:4] == b"\x7fELF"  # a cubin (SASS for sm_{arch}), not PTX
+    assert all(symbol.encode() in module.cubin for symbol in SYMBOLS.values())
+
+    # as the backend builds it (no name_expressions), a second build is read from the disk cache
+    compiles = []
+    real_compile = compiler.compile_using_nvrtc
+    monkeypatch.setattr(compiler, "compile_using_nvrtc", lambda *a, **k: compiles.append(1) or real_compile(*a, **k))
+    for _ in range(2):
+        cached = compiler._compile_module_with_cache(launch.module_source(), launch.MODULE_OPTIONS, arch=arch,
+                                                     cache_dir=str(tmp_path / "cache"))
+    assert len(compiles) == 1  # the second build came from the cache
+    assert all(symbol.encode() in cached.cubin for symbol in SYMBOLS.values())
 
 
 def _system_has_nvrtc() -> bool:

@@ -1,9 +1,11 @@
 """The CuPy backend's ``KernelSet``: argument checks in Python, launches of the CUDA kernels.
 
-The kernel source is compiled at run time by one ``cupy.RawModule`` with every float/double
-instantiation named up front, on the first launch (importing fastnn, or even selecting the
-backend, needs neither a compiler nor a GPU). Grids are sized from the problem and the device:
-enough blocks to cover the work, at most 32 per multiprocessor (grid-stride loops do the rest).
+The kernel source is compiled at run time by one ``cupy.RawModule``, on the first launch
+(importing fastnn, or even selecting the backend, needs neither a compiler nor a GPU), and each
+instantiation is fetched by its mangled symbol (``symbols.py``): without ``name_expressions``,
+CuPy keeps the cubin in its on-disk cache, so later processes skip NVRTC. Grids are sized from
+the problem and the device: enough blocks to cover the work, at most 32 per multiprocessor
+(grid-stride loops do the rest).
 
 Kernel launches per training step of a ``Linear`` layer (no host synchronisation anywhere; the
 loss stays a 0-d device array): forward = 1 GEMM + 1 ``bias_activation`` (the GEMM alone for an
@@ -26,6 +28,7 @@ from fastnn.backends.base import KernelSet
 from .. import kernel_source
 from ..numpy import activations as reference_activations
 from ..numpy.dropout import threshold_and_scale
+from .symbols import SYMBOLS
 
 KERNELS = ("bias_activation", "activation_forward", "activation_backward", "column_sums", "softmax_xent_labels",
            "softmax_xent_probs", "bce_with_logits", "bce", "mse", "sgd", "adam", "dropout", "layer_norm",
@@ -35,7 +38,9 @@ CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 BLOCK = 256  # threads per block; the block reductions lay a tile over FASTNN_VIRTUAL = 256 threads
 
 
-MODULE_OPTIONS = ("--std=c++17",)  # CuPy adds its own (-ftz=true, -arch=sm_XX, include paths)
+# CuPy adds its own (-ftz=true, -arch=sm_XX, include paths); every instantiation is explicit, since
+# the module is built without name_expressions (symbols.py)
+MODULE_OPTIONS = ("--std=c++17", "-DFASTNN_INSTANTIATE_ALL")
 
 
 def name_expressions() -> list[str]:
@@ -61,8 +66,7 @@ class CudaKernels:
 
     def module(self) -> Any:
         if self._module is None:
-            self._module = self.cp.RawModule(code=module_source(), options=MODULE_OPTIONS,
-                                             name_expressions=name_expressions())
+            self._module = self.cp.RawModule(code=module_source(), options=MODULE_OPTIONS)
         return self._module
 
     def launch(self, kernel: str, dtype: Any, work: int, args: tuple) -> None:
@@ -76,7 +80,7 @@ class CudaKernels:
         key = (kernel, CTYPES[np.dtype(dtype)])
         function = self._functions.get(key)
         if function is None:
-            function = self._functions[key] = self.module().get_function(f"{kernel}<{key[1]}>")
+            function = self._functions[key] = self.module().get_function(SYMBOLS[f"{kernel}<{key[1]}>"])
         function((grid,), (BLOCK,), args)
 
     def scratch(self, size: int, dtype: Any) -> Any:

@@ -2,7 +2,7 @@
 
 Device arrays are ``strict_device.DeviceArray``: NumPy holds their data but NumPy code may not
 read it (see that module for CuPy's rules it enforces, stream capture's among them).
-``RawModule`` checks the source and the name expressions the backend asks for, and its kernels
+``RawModule`` checks the source and the kernel symbols the backend asks for, and its kernels
 run the *real* kernel source (``kernels/cuda/fastnn_kernels.cu`` with ``fastnn_math.cuh``)
 compiled for the host by ``build_host_kernels`` (g++), called through ctypes with the same
 arguments a launch passes (device arrays only, as CuPy's launches). So the CuPy backend's Python
@@ -133,7 +133,7 @@ class _HostKernel:
                 converted.append(scalar(arg))
         if self.launches is not None:
             self.launches.append((self.name, self.ctype, grid, block))
-        _Capture.run(self._run, grid[0], block[0], tuple(converted))
+        _Capture.run(self._run, grid[0], block[0], tuple(converted), _writes=True)
 
     def _run(self, grid: int, block: int, converted: tuple) -> None:
         self.set_launch(ctypes.c_uint(grid), ctypes.c_uint(block))
@@ -144,12 +144,15 @@ class _RawModule:
     def __init__(self, library: ctypes.CDLL, launches: list | None, code: str, options=(), name_expressions=()):
         assert "__global__ void softmax_xent_labels" in code and "namespace fastnn" in code, \
             "RawModule was not given the kernel source with its header inlined"
+        assert not name_expressions, "with name_expressions CuPy skips its on-disk cache: look symbols up instead"
         self.library, self.launches = library, launches
-        self.name_expressions = set(name_expressions)
 
-    def get_function(self, name_expression: str) -> _HostKernel:
-        assert name_expression in self.name_expressions, f"{name_expression} was not compiled by the RawModule"
-        return _HostKernel(self.library, name_expression, self.launches)
+    def get_function(self, name: str) -> _HostKernel:
+        from fastnn.kernels.cuda.symbols import SYMBOLS
+
+        expressions = {symbol: expression for expression, symbol in SYMBOLS.items()}
+        assert name in expressions, f"{name} is not a symbol of the module (a mangled name from symbols.py)"
+        return _HostKernel(self.library, expressions[name], self.launches)
 
 
 class _Event:
@@ -281,7 +284,8 @@ class FakeCupy(types.ModuleType):
 
     def take(self, a, indices, axis=None, out=None):
         """CuPy wraps indices past either end around the axis (NumPy would raise)."""
-        result = _Capture.run(np.take, _unwrap(a), _unwrap(indices), axis=axis, out=_unwrap(out), mode="wrap")
+        result = _Capture.run(np.take, _unwrap(a), _unwrap(indices), axis=axis, out=_unwrap(out), mode="wrap",
+                              _writes=out is not None)
         return out if out is not None else _wrap(result)
 
     def RawKernel(self, code: str, name: str, **kwargs):  # noqa: N802  (CuPy's name)
@@ -311,7 +315,8 @@ def _device_function(function):
     @functools.wraps(function)
     def on_device(*args, **kwargs):
         out = kwargs.get("out")
-        result = _Capture.run(function, *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        result = _Capture.run(function, *_unwrap(args), _writes=out is not None or function.__name__ == "copyto",
+                              **{k: _unwrap(v) for k, v in kwargs.items()})
         return out if isinstance(out, DeviceArray) else _wrap(result)
 
     return on_device

@@ -42,12 +42,14 @@ class _Capture:
             raise CaptureError(f"cudaErrorStreamCaptureUnsupported: {what} while the stream is capturing a graph")
 
     @classmethod
-    def run(cls, operation, *args, **kwargs):
-        """Run one device operation now and, while capturing, record it for replay."""
-        result = operation(*args, **kwargs)
-        if cls.recording is not None:
+    def run(cls, operation, *args, _writes: bool = False, **kwargs):
+        """One device operation. While capturing, an operation that writes into existing device
+        memory (``_writes``: a kernel, an ``out=``, a ``copyto``, a ``fill``) is recorded and not
+        run, as CUDA does; any other runs now (a view, or an allocation that ``_wrap`` refuses)."""
+        if cls.recording is not None and _writes:
             cls.recording.append(functools.partial(operation, *args, **kwargs))
-        return result
+            return None
+        return operation(*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,8 +120,10 @@ def _method(name: str, reads_host: bool = False):
     def method(self, *args, **kwargs):
         if reads_host:
             _Capture.forbid(f"reading a device value on the host (.{name})")
+        out = kwargs.get("out")
         args, kwargs = _unwrap(args, allow_host=True), {k: _unwrap(v) for k, v in kwargs.items()}
-        return _wrap(_Capture.run(getattr(self._data, name), *args, **kwargs))
+        result = _Capture.run(getattr(self._data, name), *args, _writes=out is not None, **kwargs)
+        return out if out is not None else _wrap(result)
 
     method.__name__ = name
     return method
@@ -160,8 +164,8 @@ class DeviceArray:
             kwargs["out"] = _unwrap(kwargs["out"])
         if "where" in kwargs:
             kwargs["where"] = _unwrap(kwargs["where"])
-        result = _Capture.run(getattr(ufunc, method), *inputs, **kwargs)
         out = kwargs.get("out")
+        result = _Capture.run(getattr(ufunc, method), *inputs, _writes=out is not None, **kwargs)
         if out is not None:
             return DeviceArray(out[0]) if isinstance(out, tuple) and len(out) == 1 else DeviceArray(out)
         return _wrap(result)
@@ -169,7 +173,10 @@ class DeviceArray:
     def __array_function__(self, func, types, args, kwargs):
         if func.__name__ not in real_cupy_names():
             return NotImplemented
-        return _wrap(_Capture.run(func, *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        out = kwargs.get("out")
+        result = _Capture.run(func, *_unwrap(args), _writes=out is not None or func.__name__ == "copyto",
+                              **{k: _unwrap(v) for k, v in kwargs.items()})
+        return out if out is not None else _wrap(result)
 
     @property
     def __cuda_array_interface__(self) -> dict:
@@ -203,7 +210,8 @@ class DeviceArray:
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray):
             _Capture.forbid("copying a host array to the device")
-        _Capture.run(operator.setitem, self._data, _wrap_index(key, self._data.shape), _unwrap(value, allow_host=True))
+        _Capture.run(operator.setitem, self._data, _wrap_index(key, self._data.shape), _unwrap(value, allow_host=True),
+                     _writes=True)
 
     # host reads: a synchronisation each, forbidden while capturing
     def _host(self, what: str) -> np.ndarray:
@@ -248,7 +256,7 @@ class DeviceArray:
     __hash__ = None  # as CuPy's (and NumPy's) arrays
 
     def fill(self, value) -> None:
-        _Capture.run(self._data.fill, value)
+        _Capture.run(self._data.fill, value, _writes=True)
 
     def reshape(self, *shape, order="C"):
         return DeviceArray(self._data.reshape(*shape, order=order))
