@@ -69,6 +69,12 @@ class Optimizer:
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def capture_key(self) -> tuple[Any, ...] | None:
+        """The numbers the next step's update takes from the host, or None where they change every
+        step. A step captured as a CUDA graph (``fastnn.graph_step``) replays while this stays
+        the same."""
+        return None
+
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable."""
         raise NotImplementedError
@@ -128,6 +134,9 @@ class SGD(Optimizer):
 
     def fused_hyperparameters(self) -> tuple[float, ...]:
         return (self.current_lr, self.momentum, float(self.nesterov), self.weight_decay)
+
+    def capture_key(self) -> tuple[Any, ...] | None:
+        return (self.current_lr, self.steps == 0)  # the rate, and whether the next step is the first
 
     def _update(self, backend: Any, param: Any, grad: Any, state: dict[str, Any]) -> None:
         backend.kernels.sgd(param, grad, state["velocity"], state["scratch"], lr=self.current_lr,

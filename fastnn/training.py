@@ -29,6 +29,7 @@ from . import losses as _losses
 from . import optimizers as _optimizers
 from .data_parallel import DataParallel
 from .dense_plan import dense_plan
+from .graph_step import StepGraphs
 from .layers import Layer
 from .progress import bar_factory as bar_factory_for
 from .workspace import Workspace
@@ -115,15 +116,23 @@ class _Guard:
         self.xp = backend.xp
         self.deferred = backend.defers_checks
         self.ok = self.xp.asarray(True)
-        self.first_bad = self.xp.asarray(0)
+        self.first_bad = self.xp.asarray(0, np.int64)
+        self.steps = self.xp.asarray(0, np.int64)  # steps tracked this epoch
 
-    def track(self, value: Any, batch: int) -> None:
+    def start_epoch(self) -> None:
+        if self.deferred:
+            self.steps.fill(0)
+
+    def track(self, value: Any) -> None:
         """The device form of the check: no value leaves the device. The snapshot follows the
-        parameters only while every step so far was finite; ``settle`` reads the verdict."""
+        parameters only while every step so far was finite; ``settle`` reads the verdict. Every
+        update is in place, and the step is counted on the device, so that a CUDA graph of the
+        step (``fastnn.graph_step``) replays it."""
         xp = self.xp
+        xp.add(self.steps, 1, out=self.steps)
         finite = xp.isfinite(xp.dot(self.params, self.ones)) & xp.isfinite(value)
-        self.first_bad = xp.where(self.ok & ~finite, batch, self.first_bad)
-        self.ok = self.ok & finite
+        xp.copyto(self.first_bad, self.steps, where=self.ok & ~finite)
+        xp.logical_and(self.ok, finite, out=self.ok)
         xp.copyto(self.snapshot, self.params, where=self.ok)
 
     def settle(self, epoch: int) -> None:
@@ -428,6 +437,7 @@ class _Run:
         self.shard_loss, self.shard_correct = np.zeros(1), np.zeros(1)  # the whole-step trainer's, per batch
         self.X, self.target = (X, target) if self.trainer is None else self.trainer.inputs(X, target)
         self.buffers = Workspace()
+        self.graphs = StepGraphs(self) if StepGraphs.usable(self) else None  # CUDA graphs (CuPy)
 
     def start(self, resume: str | None, epochs: int) -> tuple[History, int]:
         """A fresh history from epoch 1, or the checkpoint's history, state and next epoch."""
@@ -455,6 +465,7 @@ class _Run:
     def epoch(self, epoch: int, bar: Any, interrupt: dict[str, bool]) -> dict[str, float] | None:
         """Train one epoch; its record, or None if Ctrl-C stopped it before the end."""
         started = time.perf_counter()
+        self.guard.start_epoch()
         order = self.backend.asarray(self.rng.permutation(self.n)) if self.shuffle else None
         before_batch = (lambda batch: self.extras.before_batch(self.optimizer, epoch, batch)) \
             if self.extras.per_batch else None
@@ -484,15 +495,22 @@ class _Run:
             # this rank's share of the global batch (all of it when alone)
             lo, hi = (start, stop) if self.parallel is None else self.parallel.shard(start, stop)
             x_buf, y_buf, grad = self.buffers.slot(hi - lo, self._new_batch_buffers)
+            if before_batch is not None:
+                before_batch(batch)
+            if self.graphs is not None and hi - lo == self.batch_size:
+                value = self.graphs.step(order, lo, hi, (x_buf, y_buf, grad), epoch, batch)
+                seen += stop - start
+                _show(bar, batch, stop - start, value, seen, started)
+                if self.stopping(interrupt):
+                    break
+                continue
             if order is None:
                 xb, yb = self.X[lo:hi], self.target[lo:hi]
             else:
                 xb = backend.take_rows(self.X, order[lo:hi], x_buf)
                 yb = backend.take_rows(self.target, order[lo:hi], y_buf)
-            if before_batch is not None:
-                before_batch(batch)
             if self.parallel is None:
-                value = self._step(xb, yb, grad, epoch, batch)
+                value = self._step(xb, yb, grad, epoch, batch)[0]
             else:
                 value = self._parallel_step(xb, yb, grad, epoch, batch, stop - start, interrupt)
             seen += stop - start
@@ -501,8 +519,9 @@ class _Run:
                 break
         return batch, seen
 
-    def _step(self, xb: Any, yb: Any, grad: Any, epoch: int, batch: int) -> Any:
-        """Forward, loss, backward, update and the NaN guard for one batch; returns the loss."""
+    def _step(self, xb: Any, yb: Any, grad: Any, epoch: int, batch: int, record: bool = True) -> tuple[Any, Any]:
+        """Forward, loss, backward, update and the NaN guard for one batch; returns the loss and
+        the correct count (None without accuracy), kept in the epoch's records if ``record``."""
         network, guard = self.network, self.guard
         for layer in self.stepped:
             layer.at_step((epoch - 1) * self.n_batches + batch)
@@ -512,21 +531,23 @@ class _Run:
             raise guard.fail(epoch, batch + 1, f"the loss became {float(value)}")
         correct = self.loss.correct(self.backend.xp, out, yb) if self.track_accuracy else None
         network._backward(grad, need_input_grad=False)
-        return self._update(value, correct, epoch, batch)
+        return self._update(value, correct, epoch, batch, record), correct
 
-    def _update(self, value: Any, correct: Any, epoch: int, batch: int) -> Any:
-        """The end of every step, its gradients in place: clip, update, the guard, the records."""
+    def _update(self, value: Any, correct: Any, epoch: int, batch: int, record: bool = True) -> Any:
+        """The end of every step, its gradients in place: clip, update, the guard and (if
+        ``record``) the records."""
         network, guard = self.network, self.guard
         if self.extras.clip is not None:
             self.extras.clip_gradients(self.backend.xp, network.flat_parameters()[1])
         self.optimizer.step(network)
         if guard.deferred:
-            guard.track(value, batch + 1)
+            guard.track(value)
         elif not guard.commit():
             raise guard.fail(epoch, batch + 1, guard.culprit())
-        self.batch_losses[batch] = value
-        if self.track_accuracy:
-            self.batch_correct[batch] = correct
+        if record:
+            self.batch_losses[batch] = value
+            if self.track_accuracy:
+                self.batch_correct[batch] = correct
         return value
 
     def stopping(self, interrupt: dict[str, bool]) -> bool:

@@ -221,3 +221,100 @@ def test_device_backends_check_for_nan_once_per_epoch(cupy_standin, monkeypatch)
         net = fastnn.Network([fastnn.Linear(2, 4, "tanh", seed=0), fastnn.Linear(4, 1, seed=1)])
         net.fit(X, y, "bce_with_logits", fastnn.SGD(0.1), epochs=3, batch_size=1, progress=False)
     assert reads == [1, 2, 3]
+
+
+def _digits_fit(backend, optimizer, graphs, monkeypatch, epochs=2, **kwargs):
+    """A 64-128-64-10 digits fit on ``backend``, with the CUDA-graph step allowed or not."""
+    from fastnn import graph_step
+
+    if not graphs:
+        monkeypatch.setattr(graph_step.StepGraphs, "usable", staticmethod(lambda run: False))
+    X, _, y, _ = fastnn.datasets.digits()
+    with fastnn.use_backend(backend):
+        net = fastnn.Network([fastnn.Linear(64, 128, "relu", seed=0), fastnn.Linear(128, 64, "relu", seed=1),
+                              fastnn.Linear(64, 10, seed=2)])
+        history = net.fit(X, y, "cross_entropy", optimizer, epochs=epochs, batch_size=64, progress=False, seed=5,
+                          **kwargs)
+    monkeypatch.undo()
+    return backend.to_numpy(net.flat_parameters()[0]).copy(), history, net
+
+
+def test_a_training_step_is_one_cuda_graph_replayed_bit_for_bit(cupy_standin, monkeypatch):
+    """A full batch's step is captured once (the stand-in enforces capture's rules: no host read,
+    no synchronisation, allocations from the graph's own pool) and replayed: the trained model and
+    every record equal the step-by-step run's bit for bit, in a fraction of the device operations."""
+    from support.strict_device import _Capture
+
+    backend, fake = cupy_standin
+    counts = {}
+    for graphs in (True, False):
+        before = _Capture.operations
+        counts[graphs] = _digits_fit(backend, fastnn.SGD(0.05, momentum=0.9), graphs, monkeypatch)
+        counts[graphs] = (*counts[graphs], _Capture.operations - before)
+    (with_graphs, history, _, ops_graphs), (eager, eager_history, _, ops_eager) = counts[True], counts[False]
+    np.testing.assert_array_equal(with_graphs, eager)
+    assert history["loss"] == eager_history["loss"] and history["accuracy"] == eager_history["accuracy"]
+    steps = 2 * -(-1437 // 64)
+    assert ops_graphs < ops_eager / 4, (ops_graphs / steps, ops_eager / steps)
+
+
+def test_a_replayed_step_is_one_graph_launch_and_four_operations_in_all(cupy_standin, monkeypatch):
+    from support.strict_device import _Capture
+
+    backend, _ = cupy_standin
+    _digits_fit(backend, fastnn.SGD(0.05, momentum=0.9), True, monkeypatch, epochs=1)  # captures
+    from fastnn import graph_step
+
+    launched = []
+    original = graph_step.StepGraphs.step
+
+    def step(self, *args, **kwargs):
+        before = _Capture.operations
+        value = original(self, *args, **kwargs)
+        launched.append((_Capture.operations - before, self.captures))
+        return value
+
+    monkeypatch.setattr(graph_step.StepGraphs, "step", step)
+    _digits_fit(backend, fastnn.SGD(0.05, momentum=0.9), True, monkeypatch, epochs=1)
+    # the first full step runs eagerly, the second is captured and launched, then replays: the
+    # indices' copy, the graph, the loss and the correct count into the epoch's records
+    assert [ops for ops, _ in launched[2:]] == [4] * (len(launched) - 2)
+    assert launched[-1][1] == 1  # one capture for the whole epoch
+
+
+def test_a_new_learning_rate_recaptures_and_adam_steps_run_eagerly(cupy_standin, monkeypatch):
+    from fastnn.schedules import StepLR
+
+    backend, _ = cupy_standin
+    with_graphs, _, _ = _digits_fit(backend, fastnn.SGD(0.05), True, monkeypatch, epochs=3,
+                                             schedule=StepLR(step_size=1, gamma=0.5))
+    eager, _, _ = _digits_fit(backend, fastnn.SGD(0.05), False, monkeypatch, epochs=3,
+                                          schedule=StepLR(step_size=1, gamma=0.5))
+    np.testing.assert_array_equal(with_graphs, eager)
+    adam, _, _ = _digits_fit(backend, fastnn.Adam(1e-3), True, monkeypatch, epochs=1)
+    adam_eager, _, _ = _digits_fit(backend, fastnn.Adam(1e-3), False, monkeypatch, epochs=1)
+    np.testing.assert_array_equal(adam, adam_eager)
+
+
+def test_a_non_finite_step_inside_a_graph_is_caught_at_the_epochs_end(cupy_standin, monkeypatch):
+    """The guard runs inside the graph (counted on the device): the failure names the same batch
+    and keeps the same parameters as the step-by-step run."""
+    from fastnn import graph_step
+
+    backend, _ = cupy_standin
+    X, _, y, _ = fastnn.datasets.digits()
+    X = X.copy()
+    X[700] = 1e30  # finite, but training overflows there: in a replayed step, not the eager first one
+    outcomes = []
+    for graphs in (True, False):
+        if not graphs:
+            monkeypatch.setattr(graph_step.StepGraphs, "usable", staticmethod(lambda run: False))
+        with fastnn.use_backend(backend):
+            net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
+            with pytest.raises(fastnn.training.NonFiniteError, match="epoch 1, batch 1[12]: the loss or a") as info:
+                net.fit(X, y, "cross_entropy", fastnn.SGD(0.05), epochs=2, batch_size=64, shuffle=False,
+                        progress=False)
+        outcomes.append((str(info.value), backend.to_numpy(net.flat_parameters()[0]).copy()))
+    (message, params), (eager_message, eager_params) = outcomes
+    assert message == eager_message and np.isfinite(params).all()
+    np.testing.assert_array_equal(params, eager_params)

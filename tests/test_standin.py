@@ -61,35 +61,45 @@ def test_only_names_the_real_cupy_has(cp):
         cp.errstate  # noqa: B018  (NumPy has it, CuPy does not)
 
 
-def test_stream_capture_forbids_allocation_synchronisation_and_host_reads(cp):
+def test_stream_capture_forbids_synchronisation_host_reads_and_the_shared_pool(cp):
     x = cp.ones(4)
     stream = cp.cuda.Stream(non_blocking=True)
     with pytest.raises(CaptureError, match="null stream"):
         cp.cuda.Stream.null.begin_capture()
     with stream:
-        for forbidden in (lambda: x + 1.0, lambda: float(x[0]), lambda: x.get(), lambda: cp.empty(3),
-                          lambda: stream.synchronize(), lambda: cp.cuda.Device().synchronize(),
-                          lambda: cp.asarray(np.ones(2)), lambda: x.sum()):
+        for forbidden in (lambda: float(x[0]), lambda: x.get(), lambda: stream.synchronize(),
+                          lambda: cp.cuda.Device().synchronize(), lambda: cp.asarray(np.ones(2))):
             stream.begin_capture()
             with pytest.raises(CaptureError, match="cudaErrorStreamCaptureUnsupported"):
                 forbidden()
+            stream.end_capture()
+        for allocates in (lambda: x + 1.0, lambda: cp.empty(3), lambda: x.sum()):
+            stream.begin_capture()
+            with pytest.raises(CaptureError, match="shared memory pool"):
+                allocates()
             stream.end_capture()
 
 
 def test_a_captured_graph_replays_its_operations_on_the_same_buffers(cp):
     x, y = cp.asarray(np.array([1.0, 2.0])), cp.zeros(2)
     stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
+    pool = cp.cuda.MemoryPool()
+    with stream, cp.cuda.using_allocator(pool.malloc):
         stream.begin_capture()
         cp.multiply(x, 2.0, out=y)  # y = 2x
         cp.add(x, y, out=x)  # x += y
+        total = x.sum()  # allocated in the private pool, recomputed on each launch
         graph = stream.end_capture()
     np.testing.assert_array_equal(x.get(), [1.0, 2.0])  # captured, not run (as CUDA)
     graph.launch(stream)
     np.testing.assert_array_equal(x.get(), [3.0, 6.0])
+    assert float(total) == 9.0
     graph.launch(stream)
     np.testing.assert_array_equal(x.get(), [9.0, 18.0])
-    assert graph.launched == 2
+    assert float(total) == 27.0 and graph.launched == 2
+    del pool
+    with pytest.raises(CaptureError, match="pool that was freed"):
+        graph.launch(stream)
 
 
 def _kernel_source() -> str:

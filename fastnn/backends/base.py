@@ -151,6 +151,8 @@ class Backend:
     defers_checks: bool = False
     # True where kernels are compiled on first use (a JIT backend): the CLI then says so
     compiles: bool = False
+    # True where ``capture`` records a training step as one replayable graph (``fastnn.graph_step``)
+    captures_steps: bool = False
 
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"
@@ -177,6 +179,13 @@ class Backend:
         training uses it where it also has ``gradients(X, targets, rows, grads, snapshot, loss,
         correct)``: one batch's gradients, parameters untouched (see ``kernels/numba/trainer.py``)."""
         return None
+
+    def capture(self, step: Callable[[], Any]) -> Any:
+        """Record ``step()`` (device work only: no host read, no synchronisation) as one graph,
+        without running it. Returns an object with ``launch()`` (run the recorded work once more,
+        on the same buffers) and ``result`` (what ``step`` returned: arrays the graph writes).
+        Only backends with ``captures_steps`` implement it."""
+        raise NotImplementedError(f"the {self.name} backend does not capture steps")
 
     def allreduce(self, world: Any, buffer: Any) -> Any:
         """Sum ``buffer`` (a contiguous array of this backend) over the ranks of ``world`` (a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,10 +11,24 @@ import numpy as np
 from .base import Backend
 
 
+class CapturedStep:
+    """A CUDA graph of one step, the memory pool its allocations came from, and what the step
+    returned (arrays the graph writes on every launch)."""
+
+    def __init__(self, graph: Any, pool: Any, result: Any) -> None:
+        self.graph, self.pool, self.result = graph, pool, result
+        self.key: Any = None
+
+    def launch(self) -> None:
+        """One replay, on the current stream: ordered after the work queued before it."""
+        self.graph.launch()
+
+
 class CupyBackend(Backend):
     name = "cupy"
     compiles = True  # one RawModule, compiled by NVRTC on first use
     defers_checks = True
+    captures_steps = True
 
     def __init__(self) -> None:
         import cupy
@@ -48,6 +63,22 @@ class CupyBackend(Backend):
         communicator.allReduce(address, address, buffer.size, types[buffer.dtype], total,
                                self.xp.cuda.get_current_stream().ptr)
         return buffer
+
+    def capture(self, step: Callable[[], Any]) -> CapturedStep:
+        """``step()`` recorded by CuPy's stream capture as one CUDA graph. What it allocates
+        comes from a memory pool of the graph's own (as PyTorch's CUDA graphs do): a temporary
+        freed after the capture goes back to that pool, never to the one the rest of the program
+        draws from, so no other array ever takes memory the graph writes."""
+        cuda = self.xp.cuda
+        pool = cuda.MemoryPool()
+        stream = cuda.Stream(non_blocking=True)
+        with stream, cuda.using_allocator(pool.malloc):
+            stream.begin_capture()
+            try:
+                result = step()
+            finally:
+                graph = stream.end_capture()
+        return CapturedStep(graph, pool, result)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return self.xp.asnumpy(x)

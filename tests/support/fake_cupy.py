@@ -13,6 +13,7 @@ not (``tests/test_cuda_blocks.py`` runs the kernels with real grids and blocks).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -22,7 +23,9 @@ import subprocess
 import sys
 import time
 import types
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,16 +173,38 @@ class _Event:
 
 
 class _Graph:
-    """An instantiated CUDA graph: the operations one capture recorded, replayed in order."""
+    """An instantiated CUDA graph: the operations one capture recorded, replayed in order; it
+    must not outlive the private pool its allocations came from."""
 
-    def __init__(self, operations: list) -> None:
+    def __init__(self, operations: list, pool: Any) -> None:
         self.operations, self.launched = operations, 0
+        self.pool = None if pool is None else weakref.ref(pool)
 
     def launch(self, stream=None) -> None:
         _Capture.forbid("launching a graph")
+        if self.pool is not None and self.pool() is None:
+            raise CaptureError("the graph writes memory from a pool that was freed: keep the pool as long as the graph")
         for operation in self.operations:
             operation()
         self.launched += 1
+        _Capture.operations += 1
+
+
+class _MemoryPool:
+    """``cupy.cuda.MemoryPool``: here only an identity for ``using_allocator``."""
+
+    def malloc(self, size: int):
+        raise NotImplementedError("the stand-in allocates through NumPy")
+
+
+@contextlib.contextmanager
+def _using_allocator(allocator=None):
+    previous = _Capture.allocator
+    _Capture.allocator = allocator
+    try:
+        yield
+    finally:
+        _Capture.allocator = previous
 
     def upload(self, stream=None) -> None:
         pass
@@ -214,7 +239,8 @@ class _Stream:
         if self.cuda.capturing is not self:
             raise CaptureError("cudaErrorIllegalState: this stream is not capturing")
         operations, _Capture.recording, self.cuda.capturing = _Capture.recording, None, None
-        return _Graph(operations)
+        allocator = _Capture.allocator
+        return _Graph(operations, getattr(allocator, "__self__", None))
 
     def is_capturing(self) -> bool:
         return self.cuda.capturing is self
@@ -234,6 +260,7 @@ class FakeCupy(types.ModuleType):
 
     def __init__(self, library_path: Path, record: bool = True, multiprocessors: int = 2) -> None:
         super().__init__("cupy")
+        _Capture.recording, _Capture.allocator = None, None  # a new stand-in starts with no capture open
         library = ctypes.CDLL(str(library_path))
         self.launches: list | None = [] if record else None  # every launch, for tests that read them
         self.modules_built = 0
@@ -257,6 +284,7 @@ class FakeCupy(types.ModuleType):
                                                  get_elapsed_time=lambda start, stop: (stop.at - start.at) * 1e3,
                                                  capturing=None, graph=types.SimpleNamespace(Graph=_Graph))
         cuda.Stream = functools.partial(_Stream, cuda)
+        cuda.MemoryPool, cuda.using_allocator = _MemoryPool, _using_allocator
         cuda.Stream.null = cuda.current = _Stream(cuda, null=True)
         cuda.get_current_stream = lambda: cuda.current
 

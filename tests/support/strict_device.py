@@ -7,8 +7,8 @@ scalar read (``float(x)``, ``bool(x)``, ``.item()``). Reductions give 0-d device
 array indices wrap around as CuPy's do, and only names the real CuPy has are offered.
 
 During a stream capture (``Stream.begin_capture``) the rules of CUDA graph capture hold: no
-allocation, no synchronisation, no host read or host-to-device copy; every operation is both run
-and recorded, so that ``Graph.launch`` replays them on the same buffers.
+synchronisation, no host read or host-to-device copy, allocations only from a private pool;
+operations are recorded rather than run, and ``Graph.launch`` replays them on the same buffers.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ class CaptureError(RuntimeError):
 
 
 class _Capture:
-    """The process's capture state: None, or the list of operations the open capture recorded."""
+    """The process's capture state: None, or the operations the open capture recorded; and the
+    allocator ``cupy.cuda.using_allocator`` made current (None: CuPy's shared pool)."""
 
     recording: list | None = None
+    allocator: Any = None
+    operations = 0  # device operations run (kernels, CuPy's own, copies; a graph launch is one)
 
     @classmethod
     def forbid(cls, what: str) -> None:
@@ -43,13 +46,34 @@ class _Capture:
 
     @classmethod
     def run(cls, operation, *args, _writes: bool = False, **kwargs):
-        """One device operation. While capturing, an operation that writes into existing device
-        memory (``_writes``: a kernel, an ``out=``, a ``copyto``, a ``fill``) is recorded and not
-        run, as CUDA does; any other runs now (a view, or an allocation that ``_wrap`` refuses)."""
+        """One device operation. While capturing, nothing runs, as in CUDA: an operation that
+        writes into existing memory (``_writes``: a kernel, an ``out=``, a ``copyto``, a ``fill``)
+        is recorded; one that allocates its result runs once, for the result's shape and memory,
+        and is recorded to compute into that memory at each replay. An allocation must come from
+        a private pool (``using_allocator``): a block of the shared pool freed after the capture
+        would be handed to other arrays while the graph still writes it."""
         if cls.recording is not None and _writes:
             cls.recording.append(functools.partial(operation, *args, **kwargs))
             return None
-        return operation(*args, **kwargs)
+        result = operation(*args, **kwargs)
+        if cls.recording is None:
+            cls.operations += _writes or isinstance(result, np.generic) or (isinstance(result, np.ndarray)
+                                                                             and result.base is None)
+        else:
+            if isinstance(result, np.generic):
+                result = np.asarray(result)
+            if isinstance(result, np.ndarray) and result.base is None:
+                if cls.allocator is None:
+                    raise CaptureError(f"allocating {result.nbytes} bytes ({result.dtype}{list(result.shape)}) from "
+                                       "the shared memory pool while capturing a graph: the block goes back to the "
+                                       "pool after the capture and other arrays reuse it while the graph writes it "
+                                       "(capture under cupy.cuda.using_allocator(a private pool's malloc))")
+                cls.recording.append(functools.partial(_compute_into, result, operation, args, kwargs))
+        return result
+
+
+def _compute_into(result: np.ndarray, operation, args, kwargs) -> None:
+    np.copyto(result, operation(*args, **kwargs))
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,11 +115,8 @@ def _unwrap(value: Any, allow_host: bool = False) -> Any:
 def _wrap(value: Any) -> Any:
     """A NumPy result as the device value CuPy would give (0-d arrays for scalars)."""
     if isinstance(value, np.ndarray):
-        if _Capture.recording is not None and value.base is None:
-            _Capture.forbid(f"allocating {value.nbytes} bytes ({value.dtype}{list(value.shape)})")
         return DeviceArray(value)
     if isinstance(value, np.generic):
-        _Capture.forbid("allocating a 0-d result")
         return DeviceArray(np.asarray(value))
     if isinstance(value, tuple):
         return tuple([_wrap(v) for v in value])
@@ -205,6 +226,8 @@ class DeviceArray:
 
     def __getitem__(self, key):
         key = _wrap_index(key, self._data.shape)
+        if isinstance(self._data[key], np.generic):  # CuPy gives a 0-d view where NumPy gives a scalar
+            key = (*(key if isinstance(key, tuple) else (key,)), Ellipsis)
         return _wrap(_Capture.run(operator.getitem, self._data, key))
 
     def __setitem__(self, key, value):
