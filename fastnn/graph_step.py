@@ -54,7 +54,7 @@ class StepGraphs:
             x_buf, y_buf, grad = buffers
             xb = run.backend.take_rows(run.X, order[lo:hi], x_buf)
             yb = run.backend.take_rows(run.target, order[lo:hi], y_buf)
-            return run._step(xb, yb, grad, epoch, batch)
+            return run._step(xb, yb, grad, epoch, batch)[0]
         self.indices[...] = order[lo:hi]
         if self.captured is None or self.captured.key != key:
             self.captured = run.backend.capture(lambda: self._body(buffers, epoch, batch))

@@ -280,6 +280,11 @@ def test_a_replayed_step_is_one_graph_launch_and_four_operations_in_all(cupy_sta
     # indices' copy, the graph, the loss and the correct count into the epoch's records
     assert [ops for ops, _ in launched[2:]] == [4] * (len(launched) - 2)
     assert launched[-1][1] == 1  # one capture for the whole epoch
+    launched.clear()
+    monkeypatch.setattr(graph_step.StepGraphs, "step", step)
+    monkeypatch.setattr(fastnn.SGD, "capture_key", lambda self: None)  # every step step by step
+    _digits_fit(backend, fastnn.SGD(0.05, momentum=0.9), True, monkeypatch, epochs=1)
+    assert {ops for ops, _ in launched[1:]} == {38}, "docs/gpu.md states 38 device operations per step: update it"
 
 
 def test_a_new_learning_rate_recaptures_and_adam_steps_run_eagerly(cupy_standin, monkeypatch):
