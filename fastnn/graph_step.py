@@ -16,6 +16,7 @@ for the last, shorter batch of an epoch.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ class StepGraphs:
     """The captured step of one ``fit`` (``fastnn.training._Run``) and the buffers it reads."""
 
     def __init__(self, run: Any) -> None:
-        self.run = run
+        self.run = weakref.proxy(run)  # the run holds this: no cycle keeping a graph and its pool alive
         self.indices = run.backend.empty(run.batch_size, np.int64)  # what the graph gathers
         self.order = None if run.shuffle else run.backend.asarray(np.arange(run.n, dtype=np.int64))
         self.captured: Any = None  # the backend's captured step: .key, .launch(), .result
@@ -35,12 +36,15 @@ class StepGraphs:
     @staticmethod
     def usable(run: Any) -> bool:
         """Whether ``run``'s full steps can be replayed as one graph. Layers, loss and optimizer
-        must be fastnn's own classes, not subclasses: a subclass may run Python of its own at
-        each step, which a replay would skip."""
+        must be fastnn's own classes, not subclasses, and keep their own methods: Python of the
+        user's at each step would not run in a replay."""
         from . import layers, losses, optimizers
 
-        own = all(type(layer).__module__ == layers.__name__ for layer in run.network.layers) and \
-            type(run.loss).__module__ == losses.__name__ and type(run.optimizer).__module__ == optimizers.__name__
+        parts = [(layer, layers, ("forward", "backward", "_forward", "_backward")) for layer in run.network.layers]
+        parts += [(run.loss, losses, ("compute", "correct")), (run.optimizer, optimizers, ("step", "_update"))]
+        # fastnn's own classes, with none of the methods a step calls replaced on the instance
+        own = all(type(part).__module__ == module.__name__ and not any(name in vars(part) for name in names)
+                  for part, module, names in parts)
         return (own and getattr(run.backend, "captures_steps", False) and run.parallel is None and not run.stepped
                 and run.extras.clip is None and not run.extras.per_batch and run.trainer is None)
 

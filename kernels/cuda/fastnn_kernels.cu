@@ -94,6 +94,28 @@ struct fastnn_add_op {
   __device__ T operator()(T a, T b) const { return a + b; }
 };
 
+// The maximum of each of a tile's 8 rows of z into top[r], each lane starting from its row's first
+// element; a row whose maximum is NaN gets 0 (the NaN then spreads through exp).
+template <typename T>
+__device__ __forceinline__ void fastnn_tile_row_max(const T* z, long long rows, long long classes, long long tile,
+                                                    T (*lanes)[32], T* top) {
+  FASTNN_FOR_VIRTUAL(v) {
+    const long long i = tile * 8 + v / 32;
+    T m = T(0);
+    if (i < rows) {
+      m = z[i * classes];
+      for (long long j = v % 32; j < classes; j += 32) m = z[i * classes + j] > m ? z[i * classes + j] : m;
+    }
+    lanes[v / 32][v % 32] = m;
+  }
+  __syncthreads();
+  fastnn_tree(lanes, fastnn_max_op());
+  FASTNN_FOR_VIRTUAL(v) {
+    if (v % 32 == 0) top[v / 32] = fastnn::is_nan(lanes[v / 32][0]) ? T(0) : lanes[v / 32][0];
+  }
+  __syncthreads();
+}
+
 // Softmax cross-entropy, log-sum-exp stable, a block per tile of 8 rows: virtual thread v takes
 // row v / 32 of the tile and its classes j = v % 32, v % 32 + 32, ... (coalesced); the row's
 // maximum and sums are trees over its 32 lanes. With integer labels:
@@ -105,21 +127,7 @@ __global__ void softmax_xent_labels(const T* z, const long long* labels, T* grad
   __shared__ T top[8], total[8];
   const long long tiles = (rows + 7) / 8;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    FASTNN_FOR_VIRTUAL(v) {  // each lane's maximum, starting from the row's first element
-      const long long i = tile * 8 + v / 32;
-      T m = T(0);
-      if (i < rows) {
-        m = z[i * classes];
-        for (long long j = v % 32; j < classes; j += 32) m = z[i * classes + j] > m ? z[i * classes + j] : m;
-      }
-      lanes[v / 32][v % 32] = m;
-    }
-    __syncthreads();
-    fastnn_tree(lanes, fastnn_max_op());
-    FASTNN_FOR_VIRTUAL(v) {
-      if (v % 32 == 0) top[v / 32] = fastnn::is_nan(lanes[v / 32][0]) ? T(0) : lanes[v / 32][0];  // NaN spreads via exp
-    }
-    __syncthreads();
+    fastnn_tile_row_max(z, rows, classes, tile, lanes, top);
     FASTNN_FOR_VIRTUAL(v) {  // exponentials into grad, each lane's sum
       const long long i = tile * 8 + v / 32;
       T s = T(0);
@@ -162,21 +170,7 @@ __global__ void softmax_xent_probs(const T* z, const T* target, T* grad, T* row_
   __shared__ T top[8], total[8], mass[8];
   const long long tiles = (rows + 7) / 8;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    FASTNN_FOR_VIRTUAL(v) {
-      const long long i = tile * 8 + v / 32;
-      T m = T(0);
-      if (i < rows) {
-        m = z[i * classes];
-        for (long long j = v % 32; j < classes; j += 32) m = z[i * classes + j] > m ? z[i * classes + j] : m;
-      }
-      lanes[v / 32][v % 32] = m;
-    }
-    __syncthreads();
-    fastnn_tree(lanes, fastnn_max_op());
-    FASTNN_FOR_VIRTUAL(v) {
-      if (v % 32 == 0) top[v / 32] = fastnn::is_nan(lanes[v / 32][0]) ? T(0) : lanes[v / 32][0];
-    }
-    __syncthreads();
+    fastnn_tile_row_max(z, rows, classes, tile, lanes, top);
     FASTNN_FOR_VIRTUAL(v) {
       const long long i = tile * 8 + v / 32;
       T s = T(0), t_sum = T(0), dot = T(0);
