@@ -11,11 +11,13 @@ valid while the optimizer's per-step numbers stay the same (``Optimizer.capture_
 schedule's new learning rate makes one new capture. Steps run eagerly, as on every other backend,
 where those numbers change every step (Adam's bias corrections), where a layer keys randomness on
 the step (Dropout), with a per-batch schedule, gradient clipping or data-parallel training, and
-for the last, shorter batch of an epoch.
+for the last, shorter batch of an epoch. Should the device refuse a capture (an operation CUDA
+cannot capture), the fit warns once and goes on step by step.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
@@ -32,6 +34,7 @@ class StepGraphs:
         self.captured: Any = None  # the backend's captured step: .key, .launch(), .result
         self.warm = False
         self.captures = 0
+        self.refused: str | None = None  # why the device refused a capture, if it did
 
     @staticmethod
     def usable(run: Any) -> bool:
@@ -53,15 +56,20 @@ class StepGraphs:
         run, optimizer = self.run, self.run.optimizer
         key = optimizer.capture_key()
         order = self.order if order is None else order
-        if key is None or not self.warm:  # no graph can serve this step
+        if key is None or not self.warm or self.refused is not None:  # no graph can serve this step
             self.warm = key is not None
-            x_buf, y_buf, grad = buffers
-            xb = run.backend.take_rows(run.X, order[lo:hi], x_buf)
-            yb = run.backend.take_rows(run.target, order[lo:hi], y_buf)
-            return run._step(xb, yb, grad, epoch, batch)[0]
+            return self._eager(order, lo, hi, buffers, epoch, batch)
         self.indices[...] = order[lo:hi]
         if self.captured is None or self.captured.key != key:
-            self.captured = run.backend.capture(lambda: self._body(buffers, epoch, batch))
+            steps = optimizer.steps
+            try:
+                self.captured = run.backend.capture(lambda: self._body(buffers, epoch, batch))
+            except Exception as exc:  # the device refused the capture: this fit goes on step by step
+                optimizer.steps = steps  # nothing ran: only the Python count moved
+                self.refused = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"fastnn: a training step could not be captured as a CUDA graph ({self.refused}); "
+                              "this fit continues step by step", RuntimeWarning, stacklevel=4)
+                return self._eager(order, lo, hi, buffers, epoch, batch)
             self.captured.key = key
             self.captures += 1
         else:
@@ -72,6 +80,13 @@ class StepGraphs:
         if run.track_accuracy:
             run.batch_correct[batch] = correct
         return value
+
+    def _eager(self, order: Any, lo: int, hi: int, buffers: tuple[Any, Any, Any], epoch: int, batch: int) -> Any:
+        run = self.run
+        x_buf, y_buf, grad = buffers
+        xb = run.backend.take_rows(run.X, order[lo:hi], x_buf)
+        yb = run.backend.take_rows(run.target, order[lo:hi], y_buf)
+        return run._step(xb, yb, grad, epoch, batch)[0]
 
     def _body(self, buffers: tuple[Any, Any, Any], epoch: int, batch: int) -> tuple[Any, Any]:
         """The step as the graph records it: gathered through ``self.indices``; returns the

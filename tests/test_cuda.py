@@ -323,3 +323,19 @@ def test_a_non_finite_step_inside_a_graph_is_caught_at_the_epochs_end(cupy_stand
     (message, params), (eager_message, eager_params) = outcomes
     assert message == eager_message and np.isfinite(params).all()
     np.testing.assert_array_equal(params, eager_params)
+
+
+def test_a_capture_the_device_refuses_leaves_the_fit_step_by_step(cupy_standin, monkeypatch):
+    from support.strict_device import CaptureError
+
+    backend, _ = cupy_standin
+
+    def refuse(step):
+        raise CaptureError("cudaErrorStreamCaptureUnsupported: an operation CUDA cannot capture")
+
+    eager, eager_history, _ = _digits_fit(backend, fastnn.SGD(0.05, momentum=0.9), False, monkeypatch)
+    monkeypatch.setattr(backend, "capture", refuse)
+    with pytest.warns(RuntimeWarning, match="could not be captured as a CUDA graph .*continues step by step"):
+        refused, history, _ = _digits_fit(backend, fastnn.SGD(0.05, momentum=0.9), True, monkeypatch)
+    np.testing.assert_array_equal(refused, eager)
+    assert history["loss"] == eager_history["loss"]
