@@ -54,3 +54,9 @@ def pytest_terminal_summary(terminalreporter, config):
                     if goal_base == baseline and contender == checked:
                         line += f" (target >= {goal:.2f}x: {'met' if base / median >= goal else 'NOT met'})"
             terminalreporter.write_line(line)
+    # benchmarks that check a ratio within their own run (extra_info["checks"]: name, value, goal)
+    for bench in session.benchmarks:
+        for name, value, goal in bench.extra_info.get("checks", []):
+            contender = bench.extra_info.get("contender", bench.name)
+            terminalreporter.write_line(f"{bench.group:38s} {contender:14s} {name} {value:6.2f} "
+                                        f"(target >= {goal:.2f}: {'met' if value >= goal else 'NOT met'})")

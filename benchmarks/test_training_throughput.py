@@ -6,6 +6,8 @@ lr 0.5, batch 64) per backend, against the lecture's per-sample loop and PyTorch
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,34 @@ def test_e2e_torch(benchmark, quick, net):
     benchmark.extra_info["contender"] = "torch"
     settle()
     benchmark.pedantic(fit, rounds=3 if quick else 15, warmup_rounds=1)
+
+
+# --- issue 13's steadiness target: no drift over a long fit ---------------------------------------
+
+DRIFT_EPOCHS, DRIFT_WINDOW = 400, 40
+
+
+@pytest.mark.parametrize("backend_name", [b for b in ("numpy", "numba") if b in BACKENDS])
+def test_throughput_holds_over_400_epochs(benchmark, quick, backend_name):
+    """One 400-epoch digits fit (ReLU + cross-entropy, SGD lr 0.1, batch 64; 100 epochs with
+    --quick): the median samples/s of its last 40 epochs over that of epochs 11-50, from the
+    fit's own per-epoch record. Target >= 0.90: nothing slows a long run down (a leak, subnormal
+    floats as weights settle, caches or buffers that grow with the steps)."""
+    X, y = _e2e_data("digits", False)
+    sizes, batch = E2E["digits"]
+    epochs = 100 if quick else DRIFT_EPOCHS
+    with fastnn.use_backend(backend_name):
+        model = fastnn.Network([fastnn.Linear(i, o, "relu" if k < len(sizes) - 2 else None, seed=k)
+                                for k, (i, o) in enumerate(zip(sizes, sizes[1:]))])
+        optimizer = fastnn.SGD(0.1)
+        fastnn.training.warm_up(model, X, y, "cross_entropy", optimizer, batch)
+        benchmark.group = "training drift digits"
+        settle()
+        history = benchmark.pedantic(model.fit, args=(X, y, "cross_entropy", optimizer),
+                                     kwargs={"epochs": epochs, "batch_size": batch, "progress": False,
+                                             "metrics": False}, rounds=1, iterations=1)
+    rates = history["samples_per_s"]
+    early = statistics.median(rates[10:10 + DRIFT_WINDOW])
+    late = statistics.median(rates[-DRIFT_WINDOW:])
+    benchmark.extra_info.update(contender=backend_name, early_samples_per_s=early, late_samples_per_s=late,
+                                checks=[("late/early epochs samples/s", late / early, 0.90)])

@@ -9,7 +9,9 @@ warm-up repeat (which also compiles JAX's epoch). PyTorch uses the same thread c
 BLAS; JAX (XLA) uses its own thread pool over every core. Both are optional.
 
     python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5] [--busy]
-                                  [--dropout P] [--layer-norm]
+                                  [--dropout P] [--layer-norm] [--compiled]
+
+``--compiled`` adds ``torch.compile`` (on the model) and JAX with one ``jax.jit`` per step.
 
 ``--busy`` runs a busy-looping process beside every contender: more runnable threads than CPUs,
 as when a machine is shared, which is where waiting threads must give way rather than spin.
@@ -87,7 +89,9 @@ def numpy_loop_samples_per_s(X, y, epochs):
     return n * epochs / (time.perf_counter() - started)
 
 
-def torch_samples_per_s(X, y, epochs, threads):
+def torch_samples_per_s(X, y, epochs, threads, compiled=False):
+    """PyTorch eager, or with ``torch.compile`` on the model (forward and backward through
+    Inductor's generated C++; the first, compiling repeat is not counted)."""
     try:
         import torch
     except ImportError:
@@ -101,6 +105,8 @@ def torch_samples_per_s(X, y, epochs, threads):
 
     model = torch.nn.Sequential(*hidden(0), *hidden(1), torch.nn.Linear(LAYERS[2], LAYERS[3]))
     opt = torch.optim.SGD(model.parameters(), lr=LR)
+    if compiled:
+        model = _TORCH_COMPILED.setdefault((tuple(LAYERS), DROPOUT, LAYER_NORM), torch.compile(model))
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     n = len(X)
@@ -117,11 +123,15 @@ def torch_samples_per_s(X, y, epochs, threads):
     return n * epochs / (time.perf_counter() - started)
 
 
-def torch_repeats(X, y, epochs, threads, repeats, net, dropout=0.0, layer_norm=False) -> list[float]:
+_TORCH_COMPILED: dict = {}  # one compiled model per net and process: later repeats reuse its code
+
+
+def torch_repeats(X, y, epochs, threads, repeats, net, dropout=0.0, layer_norm=False,
+                  compiled=False) -> list[float]:
     global LAYERS, BATCH, DROPOUT, LAYER_NORM
     LAYERS, BATCH = NETS[net]  # a spawned child starts from the module defaults
     DROPOUT, LAYER_NORM = dropout, layer_norm
-    rates = [torch_samples_per_s(X, y, epochs, threads) for _ in range(repeats + 1)]
+    rates = [torch_samples_per_s(X, y, epochs, threads, compiled) for _ in range(repeats + 1)]
     return [] if rates[0] is None else rates[1:]
 
 
@@ -134,7 +144,7 @@ def jax_samples_per_s(X, y, epochs):
         import jax
     except ImportError:
         return None
-    init, epoch = _jax_epoch(X, y)
+    init, epoch, _ = _jax_epoch(X, y)
     key = jax.random.PRNGKey(0)
     params = init(key)
     started = time.perf_counter()
@@ -149,7 +159,8 @@ _JAX_EPOCH: dict = {}
 
 
 def _jax_epoch(X, y):
-    """``(init(key) -> params, jitted epoch(params, key) -> params)`` for this data and net."""
+    """``(init(key) -> params, jitted epoch(params, key) -> params, step(params, (xb, yb)))`` for
+    this data and net (``step``, one SGD step, not jitted: the jit-per-step contender jits it)."""
     cache_key = (tuple(LAYERS), BATCH, X.shape)
     if cache_key in _JAX_EPOCH:
         return _JAX_EPOCH[cache_key]
@@ -191,14 +202,45 @@ def _jax_epoch(X, y):
             params, _ = step(params, (Xs[full * BATCH:], ys[full * BATCH:]))
         return params
 
-    _JAX_EPOCH[cache_key] = init, epoch
-    return init, epoch
+    _JAX_EPOCH[cache_key] = init, epoch, step
+    return init, epoch, step
 
 
-def jax_repeats(X, y, epochs, repeats, net) -> list[float]:
+def jax_step_samples_per_s(X, y, epochs):
+    """JAX as most of its users write a training loop: one ``jax.jit`` step per batch, the
+    batches gathered on the host side of the loop (shuffled each epoch with JAX's own key)."""
+    try:
+        import jax
+    except ImportError:
+        return None
+    init, _, sgd_step = _jax_epoch(X, y)
+    cache_key = (tuple(LAYERS), BATCH, X.shape)
+    step = _JAX_STEP.get(cache_key)
+    if step is None:
+        step = _JAX_STEP[cache_key] = jax.jit(lambda params, xb, yb: sgd_step(params, (xb, yb))[0])
+    Xj, yj = jax.numpy.asarray(X), jax.numpy.asarray(y)
+    key = jax.random.PRNGKey(0)
+    params = init(key)
+    n = len(X)
+    started = time.perf_counter()
+    for _ in range(epochs):
+        key, sub = jax.random.split(key)
+        order = jax.random.permutation(sub, n)
+        for start in range(0, n, BATCH):
+            idx = order[start:start + BATCH]
+            params = step(params, Xj[idx], yj[idx])
+    jax.block_until_ready(params)
+    return n * epochs / (time.perf_counter() - started)
+
+
+_JAX_STEP: dict = {}
+
+
+def jax_repeats(X, y, epochs, repeats, net, per_step=False) -> list[float]:
     global LAYERS, BATCH
     LAYERS, BATCH = NETS[net]
-    rates = [jax_samples_per_s(X, y, epochs) for _ in range(repeats + 1)]  # the first compiles
+    measure = jax_step_samples_per_s if per_step else jax_samples_per_s
+    rates = [measure(X, y, epochs) for _ in range(repeats + 1)]  # the first compiles
     return [] if rates[0] is None else rates[1:]
 
 
@@ -233,6 +275,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dropout", type=float, default=0.0, metavar="P",
                         help="a Dropout(P) after each hidden layer, in fastnn and PyTorch (the NumPy loop and JAX "
                              "are then left out)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="add torch.compile and JAX with one jit per step (compiling takes a minute)")
     parser.add_argument("--layer-norm", action="store_true",
                         help="Linear -> LayerNorm -> ReLU in each hidden layer, in fastnn and PyTorch (likewise)")
     args = parser.parse_args(argv)
@@ -270,10 +314,17 @@ def main(argv=None) -> dict:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
                                                  args.net, DROPOUT, LAYER_NORM).result()
+        if args.compiled:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results["torch.compile"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
+                                                       args.net, DROPOUT, LAYER_NORM, True).result()
         if plain:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # likewise XLA's
-                results["jax jit+scan"] = pool.submit(jax_repeats, X, y, args.epochs, args.repeats,
-                                                      args.net).result()
+            for name, per_step in (("jax jit+scan", False), ("jax jit/step", True)):
+                if per_step and not args.compiled:
+                    continue
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # as XLA's
+                    results[name] = pool.submit(jax_repeats, X, y, args.epochs, args.repeats, args.net,
+                                                per_step).result()
     medians = {name: statistics.median(v) for name, v in results.items() if v}
     print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
           f"{args.epochs} epochs x {args.repeats} repeats, "
@@ -283,7 +334,7 @@ def main(argv=None) -> dict:
           + (", beside a busy process" if args.busy else ""))
     for name, values in results.items():
         if values:
-            print(f"  {name:12s} median {medians[name]:>10,.0f} samples/s  "
+            print(f"  {name:13s} median {medians[name]:>10,.0f} samples/s  "
                   f"(min {min(values):,.0f}, max {max(values):,.0f})")
     if "torch eager" in medians:
         print(f"  fastnn / torch eager  = {medians['fastnn'] / medians['torch eager']:.2f}x")
@@ -295,6 +346,9 @@ def main(argv=None) -> dict:
         print(f"  fastnn / jax jit+scan = {medians['fastnn'] / medians['jax jit+scan']:.2f}x")
     elif plain:
         print("  jax is not installed: JAX comparison skipped (pip install jax)")
+    for name in ("torch.compile", "jax jit/step"):
+        if name in medians:
+            print(f"  fastnn / {name:12s}= {medians['fastnn'] / medians[name]:.2f}x")
     if "numpy loop" in medians:
         print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")
     if "fastnn numpy" in medians:

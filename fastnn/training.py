@@ -164,9 +164,11 @@ class _Guard:
 @contextlib.contextmanager
 def _stop_on_interrupt():
     """While active, the first Ctrl-C asks training to stop after the current batch (a second
-    one interrupts at once). Only the main thread can receive signals; elsewhere it is inert."""
+    one interrupts at once). Only the main thread can receive signals; elsewhere it is inert,
+    and so it is where SIGINT is ignored (a background job, ``nohup``): that choice is kept."""
     requested = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield requested
         return
 

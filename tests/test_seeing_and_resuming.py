@@ -230,11 +230,38 @@ def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch):
         return compute(*args, **kwargs)
 
     monkeypatch.setattr(loss, "compute", compute_and_interrupt)
-    history = net.fit(X, y, loss, fastnn.SGD(0.05), epochs=10, batch_size=64, progress=False)
+    # Python's own handler, as in a terminal (a job started in the background inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        history = net.fit(X, y, loss, fastnn.SGD(0.05), epochs=10, batch_size=64, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert history.interrupted
     assert len(history) == 1 and calls["n"] == 30  # stopped right after that batch
     assert np.isfinite(net.flat_parameters()[0]).all()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_where_sigint_is_ignored_fit_leaves_it_ignored(monkeypatch):
+    """A background job or ``nohup`` runs with SIGINT ignored: fit must not make it interruptible."""
+    X, y = fastnn.datasets.xor()
+    net = fastnn.Network([fastnn.Linear(2, 4, "tanh", seed=0), fastnn.Linear(4, 1, seed=1)])
+    loss = fastnn.losses.BCEWithLogits()
+    compute = loss.compute
+
+    def compute_and_interrupt(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(loss, "compute", compute_and_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with fastnn.use_backend("numpy"):
+            history = net.fit(X, y, loss, fastnn.SGD(0.1), epochs=3, batch_size=2, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not history.interrupted and len(history) == 3
 
 
 def test_progress_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch):

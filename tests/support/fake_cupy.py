@@ -90,13 +90,13 @@ def tbb_prefix() -> Path | None:
     return prefix if (prefix / "include" / "tbb").is_dir() and (prefix / "lib" / "libtbb.so").exists() else None
 
 
-def build_block_kernels(directory: Path, cuda_dir: Path = CUDA_DIR) -> Path:
+def build_block_kernels(directory: Path, cuda_dir: Path = CUDA_DIR, optimise: str = "-O2") -> Path:
     """Compile the unmodified kernels (from ``cuda_dir``) against AMD's HIP-CPU runtime: each
     launch runs its real grid of blocks (in parallel, on TBB) of real threads (fibers, switching at
     ``__syncthreads``). The grid and block of each call come from ``fastnn_set_launch``."""
     library = directory / "fastnn_cuda_blocks.so"
     tbb = tbb_prefix()
-    command = [host_compiler(), "-std=c++17", "-O2", "-DFASTNN_BLOCKS", "-shared", "-fPIC", "-fno-gnu-unique",
+    command = [host_compiler(), "-std=c++17", optimise, "-DFASTNN_BLOCKS", "-shared", "-fPIC", "-fno-gnu-unique",
                f"-I{hip_cpu_include()}", f"-I{tbb}/include", f"-I{cuda_dir}", str(HOST_SOURCE), "-o", str(library),
                f"-L{tbb}/lib", "-ltbb", f"-Wl,-rpath,{tbb}/lib", "-pthread"]
     subprocess.run(command, check=True, capture_output=True, text=True)
