@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import numpy as np
@@ -77,6 +78,15 @@ def _restore_backend_selection():
     token = _current.set(_current.get())
     yield
     _current.reset(token)
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler for the test, as in a terminal: a test run started in the
+    background inherits SIGINT ignored, and ``fit`` leaves an ignored SIGINT alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])

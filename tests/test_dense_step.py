@@ -267,7 +267,7 @@ def test_a_diverging_loss_stops_at_the_first_non_finite_batch(digits, runs):
     np.testing.assert_array_equal(net.flat_parameters()[0], after_one_step.flat_parameters()[0])
 
 
-def test_ctrl_c_stops_after_the_current_chunk(digits, monkeypatch):
+def test_ctrl_c_stops_after_the_current_chunk(digits, monkeypatch, python_sigint_handler):
     from fastnn.kernels.numba import trainer
 
     X, y = digits

@@ -215,7 +215,7 @@ def test_checkpoint_every_and_resume_errors(tmp_path):
         other.fit(X, y, "cross_entropy", fastnn.SGD(0.05), epochs=6, resume=str(plain), progress=False)
 
 
-def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch):
+def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch, python_sigint_handler):
     X, _, y, _ = fastnn.datasets.digits()
     fastnn.set_backend("numpy")  # the per-layer loop, where a batch is a call to loss.compute
     net = fastnn.Network([fastnn.Linear(64, 32, "relu", seed=0), fastnn.Linear(32, 10, seed=1)])
@@ -230,13 +230,8 @@ def test_ctrl_c_stops_after_the_current_batch_and_keeps_the_work(monkeypatch):
         return compute(*args, **kwargs)
 
     monkeypatch.setattr(loss, "compute", compute_and_interrupt)
-    # Python's own handler, as in a terminal (a job started in the background inherits SIGINT ignored)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        history = net.fit(X, y, loss, fastnn.SGD(0.05), epochs=10, batch_size=64, progress=False)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    history = net.fit(X, y, loss, fastnn.SGD(0.05), epochs=10, batch_size=64, progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     assert history.interrupted
     assert len(history) == 1 and calls["n"] == 30  # stopped right after that batch
     assert np.isfinite(net.flat_parameters()[0]).all()
