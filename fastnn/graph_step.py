@@ -51,15 +51,17 @@ class StepGraphs:
         return (own and getattr(run.backend, "captures_steps", False) and run.parallel is None and not run.stepped
                 and run.extras.clip is None and not run.extras.per_batch and run.trainer is None)
 
-    def step(self, order: Any, lo: int, hi: int, buffers: tuple[Any, Any, Any], epoch: int, batch: int) -> Any:
-        """Train batch ``[lo, hi)`` of ``order`` (a full batch); return its loss (on the device)."""
+    def step(self, order: Any, lo: int, hi: int, buffers: tuple[Any, Any, Any], epoch: int,
+             batch: int) -> Any | None:
+        """Train batch ``[lo, hi)`` of ``order`` (a full batch) by a graph launch and return its
+        loss (on the device); or return None, having done nothing, where no graph can serve this
+        step: the caller then runs it step by step."""
         run, optimizer = self.run, self.run.optimizer
         key = optimizer.capture_key()
-        order = self.order if order is None else order
-        if key is None or not self.warm or self.refused is not None:  # no graph can serve this step
-            self.warm = key is not None
-            return self._eager(order, lo, hi, buffers, epoch, batch)
-        self.indices[...] = order[lo:hi]
+        if key is None or not self.warm or self.refused is not None:
+            self.warm = key is not None  # the step by step run of this key warms up the capture
+            return None
+        self.indices[...] = (self.order if order is None else order)[lo:hi]
         if self.captured is None or self.captured.key != key:
             steps = optimizer.steps
             try:
@@ -69,7 +71,7 @@ class StepGraphs:
                 self.refused = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"fastnn: a training step could not be captured as a CUDA graph ({self.refused}); "
                               "this fit continues step by step", RuntimeWarning, stacklevel=4)
-                return self._eager(order, lo, hi, buffers, epoch, batch)
+                return None
             self.captured.key = key
             self.captures += 1
         else:
@@ -80,13 +82,6 @@ class StepGraphs:
         if run.track_accuracy:
             run.batch_correct[batch] = correct
         return value
-
-    def _eager(self, order: Any, lo: int, hi: int, buffers: tuple[Any, Any, Any], epoch: int, batch: int) -> Any:
-        run = self.run
-        x_buf, y_buf, grad = buffers
-        xb = run.backend.take_rows(run.X, order[lo:hi], x_buf)
-        yb = run.backend.take_rows(run.target, order[lo:hi], y_buf)
-        return run._step(xb, yb, grad, epoch, batch)[0]
 
     def _body(self, buffers: tuple[Any, Any, Any], epoch: int, batch: int) -> tuple[Any, Any]:
         """The step as the graph records it: gathered through ``self.indices``; returns the

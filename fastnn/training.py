@@ -499,22 +499,19 @@ class _Run:
             x_buf, y_buf, grad = self.buffers.slot(hi - lo, self._new_batch_buffers)
             if before_batch is not None:
                 before_batch(batch)
-            if self.graphs is not None and hi - lo == self.batch_size:
-                value = self.graphs.step(order, lo, hi, (x_buf, y_buf, grad), epoch, batch)
-                seen += stop - start
-                _show(bar, batch, stop - start, value, seen, started)
-                if self.stopping(interrupt):
-                    break
-                continue
-            if order is None:
-                xb, yb = self.X[lo:hi], self.target[lo:hi]
-            else:
-                xb = backend.take_rows(self.X, order[lo:hi], x_buf)
-                yb = backend.take_rows(self.target, order[lo:hi], y_buf)
-            if self.parallel is None:
-                value = self._step(xb, yb, grad, epoch, batch)[0]
-            else:
-                value = self._parallel_step(xb, yb, grad, epoch, batch, stop - start, interrupt)
+            # a full batch replayed as one CUDA graph where the backend captures; None: step by step
+            value = None if self.graphs is None or hi - lo != self.batch_size else \
+                self.graphs.step(order, lo, hi, (x_buf, y_buf, grad), epoch, batch)
+            if value is None:
+                if order is None:
+                    xb, yb = self.X[lo:hi], self.target[lo:hi]
+                else:
+                    xb = backend.take_rows(self.X, order[lo:hi], x_buf)
+                    yb = backend.take_rows(self.target, order[lo:hi], y_buf)
+                if self.parallel is None:
+                    value = self._step(xb, yb, grad, epoch, batch)[0]
+                else:
+                    value = self._parallel_step(xb, yb, grad, epoch, batch, stop - start, interrupt)
             seen += stop - start
             _show(bar, batch, stop - start, value, seen, started)
             if self.stopping(interrupt):
