@@ -2,36 +2,42 @@
 the bias-gradient reduction. Arrays are C-contiguous; 2-D kernels take ``(rows, cols)`` views.
 
 Activation kernels are specialised per activation: each table entry is built from a factory
-whose ``code`` is a compile-time constant, so the switch in ``scalar.activation`` folds away
-and the loop vectorises (a run-time switch over ten activations does not)."""
+that takes the activation's own scalar function (``scalar.FORWARD[code]``), so the loop holds
+no switch and vectorises (a run-time switch over ten activations does not)."""
 
 from __future__ import annotations
 
 from numba import prange
 
 from .jit import serial_and_parallel
-from .scalar import CODES, activation, activation_backward
+from .scalar import BACKWARD, CODES, FORWARD
 
 
 def _forward(code):
+    activation = FORWARD[code]
+
     def forward(z, out, alpha):
         """out = g(z), both 1-D; alpha has z's type."""
         for i in prange(z.size):
-            out[i] = activation(code, z[i], alpha)
+            out[i] = activation(z[i], alpha)
 
     return forward
 
 
 def _backward(code):
+    activation_backward = BACKWARD[code]
+
     def backward(dy, z, y, out, alpha):
         """out = dy * g'(z), all 1-D."""
         for i in prange(z.size):
-            out[i] = activation_backward(code, dy[i], z[i], y[i], alpha)
+            out[i] = activation_backward(dy[i], z[i], y[i], alpha)
 
     return backward
 
 
 def _bias_activation(code):
+    activation = FORWARD[code]
+
     def bias_activation(z, bias, y, alpha):
         """One pass after the GEMM: z += bias (written back) and y = g(z); z, y (rows, cols)."""
         rows, cols = z.shape
@@ -39,7 +45,7 @@ def _bias_activation(code):
             for j in range(cols):
                 v = z[i, j] + bias[j]
                 z[i, j] = v
-                y[i, j] = activation(code, v, alpha)
+                y[i, j] = activation(v, alpha)
 
     return bias_activation
 
