@@ -217,11 +217,12 @@ def _output_offset(layers, layer):
 
 @njit(**_FLAGS)
 @stamped
-def _loss_and_grad(out, targets, idx, dy, inv_n):
+def _loss_and_grad(out, targets, labels, idx, dy, inv_n):
     """The loss of ``out (rows, classes)`` against ``targets[idx]`` summed over the rows, its
     gradient scaled by ``inv_n`` = 1 / batch size into ``dy``, and the count of rows whose
-    largest output is the target class. The target's dimension picks the loss (at compile
-    time): integer labels ``(N,)`` -> softmax cross-entropy on logits; ``(N, classes)`` ->
+    largest output is the target class. ``targets`` is float64 ``(N, columns)`` for both losses
+    (see ``DenseTrainer.inputs``), so that one build serves both: with ``labels``, column 0
+    holds class labels -> softmax cross-entropy on logits; without, ``(N, classes)`` targets ->
     squared error (its mean is over elements: the sum is divided by ``classes`` here). The
     arithmetic is that of the per-layer kernels in ``losses.py``."""
     rows, classes = out.shape
@@ -232,12 +233,12 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
         for j in range(1, classes):
             if out[r, j] > out[r, best]:
                 best = j
-        if targets.ndim == 1:
+        if labels:
             top, total = row_exp(out, dy, r)
             scale = like(dy[r, 0], inv_n / total)  # in dy's precision, as in losses.py
             for j in range(classes):
                 dy[r, j] *= scale
-            label = targets[idx[r]]
+            label = np.int64(targets[idx[r], 0])
             dy[r, label] -= inv_n
             loss += np.float64(top) + math.log(total) - np.float64(out[r, label])
             correct += best == label
@@ -259,8 +260,8 @@ def _loss_and_grad(out, targets, idx, dy, inv_n):
 
 @njit(**_FLAGS)
 @stamped
-def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64, inv_n,
-                           drop_keys, drop_scales, drop_step, first_row, norm_eps, keep):
+def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64,
+                           inv_n, drop_keys, drop_scales, drop_step, first_row, norm_eps, keep):
     """Forward and backward for the samples ``idx`` (one thread's rows, from row ``first_row`` of
     the batch), weight and bias gradients of their share of the batch mean into ``grads``.
     Returns (loss sum, correct).
@@ -317,7 +318,7 @@ def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alp
     last = n_layers - 1
     classes = layers[last, 1]
     dy = _view(work, layers[last, 9], rows, classes)
-    loss, correct = _loss_and_grad(a, targets, idx, dy, inv_n)
+    loss, correct = _loss_and_grad(a, targets, labels, idx, dy, inv_n)
 
     for layer in range(last, -1, -1):
         n_in, n_out, code, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer, :10]
@@ -450,16 +451,18 @@ def _row_blocks(rows, threads):
 
 @njit(**_FLAGS)
 @stamped
-def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers, alphas, nobias,
-                gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps, keep):
+def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work, layers, alphas,
+                nobias, gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps,
+                keep):
     """Phase one of a batch, task ``t``: forward and backward of row block ``t`` into its own
     gradient buffer (``grads`` for block 0, ``partial[t - 1]`` for the others)."""
     lo = start + t * block
     hi = min(lo + block, stop)
     target = grads if t == 0 else partial[t - 1]
-    block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, order[lo:hi], params, wt, target, work[t],
-                                                             layers, alphas, nobias, gemm, ilp64, inv_n, drop_keys,
-                                                             drop_scales, drop_step, lo - start, norm_eps, keep[t])
+    block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, labels, order[lo:hi], params, wt, target,
+                                                             work[t], layers, alphas, nobias, gemm, ilp64, inv_n,
+                                                             drop_keys, drop_scales, drop_step, lo - start, norm_eps,
+                                                             keep[t])
 
 
 @njit(**_FLAGS)
@@ -483,11 +486,13 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
 
 @njit(parallel=True, **_FLAGS)
 @stamped
-def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers, alphas,
-                  nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
+def train_batches(X, targets, labels, order, first, count, batch_size, params, wt, grads, partial, work, layers,
+                  alphas, nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
                   status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps,
                   keep):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
+    ``targets`` float64 ``(N, columns)``: class labels in column 0 where ``labels`` (softmax
+    cross-entropy), else the regression targets (MSE); one type for both keeps one build a dtype.
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
     non-finite loss, gradient or update with ``status = [done, code, batch]``, the parameters
@@ -527,9 +532,9 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
             for k in range(blocks):  # its own block first, then any left
                 t = (worker + k) % blocks
                 if atomics.claim(phase, t):
-                    _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers,
-                                alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i], drop_keys,
-                                drop_scales, drop_step + np.uint64(i), norm_eps, keep)
+                    _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work,
+                                layers, alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i],
+                                drop_keys, drop_scales, drop_step + np.uint64(i), norm_eps, keep)
                     atomics.finish(phase)
             atomics.wait(phase, blocks)
             if not math.isfinite(block_loss[i, :blocks].sum()):

@@ -91,9 +91,12 @@ class DenseTrainer:
         self.checks = np.ones((2, batches, self.threads), np.bool_)
 
     def inputs(self, X: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``X`` and the targets in the layouts the kernel is compiled for (C order; labels as
-        int64), so that no other layout triggers a compilation of its own."""
-        return np.ascontiguousarray(X), np.ascontiguousarray(targets, np.int64 if self.labels else None)
+        """``X`` and the targets in the layouts the kernel is compiled for, so that no other
+        layout triggers a compilation of its own: C order, and targets as float64 ``(N, columns)``
+        whatever the loss (class labels as one column; exact below 2**53), so that one build a
+        dtype serves cross-entropy and MSE (each build took ~40 s to compile)."""
+        targets = np.asarray(targets)
+        return np.ascontiguousarray(X), np.ascontiguousarray(targets.reshape(len(targets), -1), np.float64)
 
     def __enter__(self) -> DenseTrainer:
         """For the whole of a training run: BLAS on one thread, since each row block calls GEMM
@@ -119,11 +122,11 @@ class DenseTrainer:
         hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
         rule = dense_step.RULES[optimizer.fused_rule]
         first_state, second_state = (state[name] for name in optimizer.fused_state)
-        dense_step.train_batches(X, targets, order, first, count, batch_size, self.params, self.transposed_weights,
-                                 grads, self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
-                                 self.ilp64, rule, hyper, first_state, second_state, optimizer.steps, snapshot,
-                                 batch_losses, batch_correct, self.status, self.sync, self.block_loss,
-                                 self.block_correct, self.checks, self.drop_keys, self.drop_scales,
+        dense_step.train_batches(X, targets, self.labels, order, first, count, batch_size, self.params,
+                                 self.transposed_weights, grads, self.partial, self.work, self.layers, self.alphas,
+                                 self.nobias, self.gemm, self.ilp64, rule, hyper, first_state, second_state,
+                                 optimizer.steps, snapshot, batch_losses, batch_correct, self.status, self.sync,
+                                 self.block_loss, self.block_correct, self.checks, self.drop_keys, self.drop_scales,
                                  np.uint64(dropout_step), self.norm_eps, self.keep)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
@@ -138,9 +141,9 @@ class DenseTrainer:
         failure here: it reaches every rank through the sum, where ``fit`` decides."""
         self._reserve(1)
         none = np.zeros(6, np.float64)
-        dense_step.train_batches(X, targets, rows, 0, 1, rows.size, self.params, self.transposed_weights, grads,
-                                 self.partial, self.work, self.layers, self.alphas, self.nobias, self.gemm,
-                                 self.ilp64, dense_step.RULES["none"], none, snapshot, snapshot, 0, snapshot, loss,
-                                 correct, self.status, self.sync, self.block_loss, self.block_correct, self.checks,
-                                 self.drop_keys, self.drop_scales, np.uint64(dropout_step), self.norm_eps,
-                                 self.keep)
+        dense_step.train_batches(X, targets, self.labels, rows, 0, 1, rows.size, self.params,
+                                 self.transposed_weights, grads, self.partial, self.work, self.layers, self.alphas,
+                                 self.nobias, self.gemm, self.ilp64, dense_step.RULES["none"], none, snapshot,
+                                 snapshot, 0, snapshot, loss, correct, self.status, self.sync, self.block_loss,
+                                 self.block_correct, self.checks, self.drop_keys, self.drop_scales,
+                                 np.uint64(dropout_step), self.norm_eps, self.keep)
