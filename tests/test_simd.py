@@ -4,6 +4,8 @@ whole-step trainer refreshes its transposed weights with."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -56,11 +58,10 @@ def test_a_nan_first_element_gives_nan_and_a_later_one_is_skipped():
     assert np.isnan(row_max(z, 0))
 
 
-@settings(max_examples=60, deadline=None)
-@given(dtype=st.sampled_from([np.float32, np.float64]), data=st.data())
-def test_transpose_tile_writes_the_transpose_and_nothing_else(dtype, data):
-    """Any tile up to a vector's lanes on each side, between arrays wider than it (row strides
-    of their own); the cells around the tile on both sides stay as they were."""
+@functools.cache
+def _jit_transpose():
+    """The tile transpose behind a jitted call, compiled once per dtype for all the examples (a
+    wrapper made per example recompiled every time: ~0.4 s each)."""
     from numba import njit
 
     from fastnn.kernels.numba import simd
@@ -70,6 +71,17 @@ def test_transpose_tile_writes_the_transpose_and_nothing_else(dtype, data):
         simd.transpose_tile(source.ctypes.data, source.shape[1], destination.ctypes.data, destination.shape[1],
                             rows, cols, one)
 
+    return transpose
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), data=st.data())
+def test_transpose_tile_writes_the_transpose_and_nothing_else(dtype, data):
+    """Any tile up to a vector's lanes on each side, between arrays wider than it (row strides
+    of their own); the cells around the tile on both sides stay as they were."""
+    from fastnn.kernels.numba import simd
+
+    transpose = _jit_transpose()
     lanes = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     rows, cols = data.draw(st.integers(0, lanes)), data.draw(st.integers(0, lanes))
     source = np.random.default_rng(rows * 31 + cols).standard_normal((lanes + 2, lanes + data.draw(st.integers(0, 9))))

@@ -3,6 +3,8 @@ transposed weight copies it reads, against float64 NumPy."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,8 +16,10 @@ pytestmark = [pytest.mark.skipif(fastnn.available_backends()["numba"] is not Non
               pytest.mark.own_backends]  # the Numba kernels themselves
 
 
-def _gemm_into(a, b, c, transpose_a=False):
-    """c[:m, :n] = op(a) @ b through the kernel, with a's strides swapped for a transposed a."""
+@functools.cache
+def _jit_gemm():
+    """The kernel behind a jitted call, compiled once per dtype for every test and example (a
+    wrapper made per call recompiled each time: ~1 s for each of 60 examples)."""
     from numba import njit
 
     from fastnn.kernels.numba import small_gemm
@@ -24,10 +28,15 @@ def _gemm_into(a, b, c, transpose_a=False):
     def call(a, sa_i, sa_k, b, c, m, n, k, one):
         small_gemm.gemm(a.ctypes.data, sa_i, sa_k, b.ctypes.data, b.shape[1], c.ctypes.data, c.shape[1], m, n, k, one)
 
+    return call
+
+
+def _gemm_into(a, b, c, transpose_a=False):
+    """c[:m, :n] = op(a) @ b through the kernel, with a's strides swapped for a transposed a."""
     k, n = b.shape
     m = a.shape[1] if transpose_a else a.shape[0]
     sa_i, sa_k = (1, a.shape[1]) if transpose_a else (a.shape[1], 1)
-    call(a, sa_i, sa_k, b, c, m, n, k, a.dtype.type(1))
+    _jit_gemm()(a, sa_i, sa_k, b, c, m, n, k, a.dtype.type(1))
 
 
 def _tolerance(dtype, k):
