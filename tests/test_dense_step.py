@@ -486,3 +486,21 @@ def test_the_plan_takes_layer_norm_between_the_affine_map_and_the_activation():
     assert plan(fastnn.Linear(64, 8), fastnn.LayerNorm(8), fastnn.LayerNorm(8), fastnn.Linear(8, 10))[0] is None
     assert plan(fastnn.LayerNorm(64), fastnn.Linear(64, 10))[0] is None
     assert plan(fastnn.Linear(64, 8), fastnn.BatchNorm1d(8), fastnn.Linear(8, 10))[0] is None  # per-layer path
+
+
+def test_one_build_of_the_trainer_serves_both_losses():
+    """Cross-entropy on labels and MSE on targets, float32 and float64: one compiled build of the
+    whole-step kernel per dtype (each takes tens of seconds to compile cold)."""
+    from fastnn.kernels.numba import dense_step
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        X = rng.standard_normal((40, 5)).astype(dtype)
+        for loss, y in ((fastnn.losses.CrossEntropy(), rng.integers(0, 3, 40)),
+                        (fastnn.losses.MSE(), rng.standard_normal((40, 3)).astype(dtype))):
+            with fastnn.use_backend("numba") as backend:
+                net = fastnn.Network([fastnn.Linear(5, 8, "relu", seed=0, dtype=dtype, backend=backend),
+                                      fastnn.Linear(8, 3, seed=1, dtype=dtype, backend=backend)])
+                net.fit(X, y, loss, fastnn.SGD(0.05), epochs=1, batch_size=16)
+    builds = [str(signature[0].dtype) for signature in dense_step.train_batches.signatures]
+    assert {"float32", "float64"} <= set(builds) and len(builds) == len(set(builds)), builds
