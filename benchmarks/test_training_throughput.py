@@ -13,8 +13,9 @@ import pytest
 
 import fastnn
 from conftest import target
-from fastnn.bench import baselines
+from fastnn.bench import baselines, peers
 from fastnn.bench.measure import settle
+from fastnn.bench.sections import SLOW_TO_COMPILE
 
 BACKENDS = [name for name, why in fastnn.available_backends().items() if why is None]
 SIZES = (64, 128, 64, 10)
@@ -77,9 +78,13 @@ def test_torch_epoch(benchmark, digits, quick):
 # (`python benchmarks/training.py --backend numba` measures the same with a hand loop beside it.)
 
 E2E = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
-target("training e2e digits relu+CE", "torch", "numba", 4.0)
+# issue 13: >= 5x PyTorch eager, >= 2x JAX jit+scan, >= 1.5x the NumPy backend on digits; on the
+# large MLP >= 1.1x the best of PyTorch eager and JAX jit+scan
+target("training e2e digits relu+CE", "torch", "numba", 5.0)
+target("training e2e digits relu+CE", "jax jit+scan", "numba", 2.0)
 target("training e2e digits relu+CE", "numpy", "numba", 1.5)
-target("training e2e large MLP", "torch", "numba", 1.0)
+target("training e2e large MLP", "torch", "numba", 1.1)
+target("training e2e large MLP", "jax jit+scan", "numba", 1.1)
 
 
 def _e2e_data(net, quick):
@@ -113,30 +118,28 @@ def test_e2e_fastnn(benchmark, quick, net, backend_name):
 
 
 @pytest.mark.parametrize("net", sorted(E2E))
-def test_e2e_torch(benchmark, quick, net):
-    torch = pytest.importorskip("torch", reason="PyTorch not installed: pip install torch==2.13.0")
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_e2e_peer(benchmark, quick, net, peer):
+    """The peers of ``fastnn.bench.peers`` on the same recipe: PyTorch eager and compiled, JAX
+    with a whole epoch in one jit (lax.scan) and with one jit per step. Each first trains an
+    untimed epoch (where it compiles), as fastnn's contender warms up first."""
+    why = peers.missing(peer)
+    if why is not None:
+        pytest.skip(why)
+    if quick and peer in SLOW_TO_COMPILE:
+        pytest.skip(f"{peer}: compiling takes longer than a --quick run")
     X, y = _e2e_data(net, quick)
     sizes, batch = E2E[net]
-    torch.manual_seed(0)
-    layers = []
-    for k, (i, o) in enumerate(zip(sizes, sizes[1:])):
-        layers += [torch.nn.Linear(i, o)] + ([torch.nn.ReLU()] if k < len(sizes) - 2 else [])
-    model = torch.nn.Sequential(*layers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    session = peers.start(peer, peers.Recipe(sizes, batch, 0.1), X, y)
+    session.epoch()
+    epochs = 5 if net == "digits" else 1
 
     def fit():
-        for _ in range(5 if net == "digits" else 1):
-            order = torch.randperm(len(Xt))
-            for start in range(0, len(Xt), batch):
-                idx = order[start:start + batch]
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(Xt[idx]), yt[idx]).backward()
-                optimizer.step()
+        for _ in range(epochs):
+            session.epoch()
 
     benchmark.group = f"training e2e {'digits relu+CE' if net == 'digits' else 'large MLP'}"
-    benchmark.extra_info["contender"] = "torch"
+    benchmark.extra_info["contender"] = peer
     settle()
     benchmark.pedantic(fit, rounds=3 if quick else 15, warmup_rounds=1)
 

@@ -5,8 +5,9 @@ with ``lax.scan``) and a hand-vectorised NumPy loop, as ratios measured in one r
 ``--net large``: a 784-1024-1024-10 MLP on 8192 synthetic MNIST-sized samples, batch 256.
 ReLU, softmax cross-entropy, SGD (lr 0.1), float32, shuffled each epoch. Each contender trains
 ``--epochs`` epochs per repeat; the median samples/s of the repeats is reported after one
-warm-up repeat (which also compiles JAX's epoch). PyTorch uses the same thread count as NumPy's
-BLAS; JAX (XLA) uses its own thread pool over every core. Both are optional.
+warm-up repeat (which also compiles JAX's epoch). The peers are those of ``fastnn.bench.peers``,
+each optional and in a process of its own; PyTorch uses the same thread count as NumPy's BLAS,
+JAX (XLA) its own thread pool over every core.
 
     python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5] [--busy]
                                   [--dropout P] [--layer-norm] [--compiled]
@@ -31,6 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 import fastnn
+from fastnn.bench import peers
 from fastnn.bench.measure import settle  # a 20-epoch digits run is shorter than the spin
 
 NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
@@ -89,159 +91,22 @@ def numpy_loop_samples_per_s(X, y, epochs):
     return n * epochs / (time.perf_counter() - started)
 
 
-def torch_samples_per_s(X, y, epochs, threads, compiled=False):
-    """PyTorch eager, or with ``torch.compile`` on the model (forward and backward through
-    Inductor's generated C++; the first, compiling repeat is not counted)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    def hidden(k):
-        norm = [torch.nn.LayerNorm(LAYERS[k + 1])] if LAYER_NORM else []
-        dropout = [torch.nn.Dropout(DROPOUT)] if DROPOUT else []
-        return [torch.nn.Linear(LAYERS[k], LAYERS[k + 1]), *norm, torch.nn.ReLU(), *dropout]
-
-    model = torch.nn.Sequential(*hidden(0), *hidden(1), torch.nn.Linear(LAYERS[2], LAYERS[3]))
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    if compiled:
-        model = _TORCH_COMPILED.setdefault((tuple(LAYERS), DROPOUT, LAYER_NORM), torch.compile(model))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    n = len(X)
-    gen = torch.Generator().manual_seed(0)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, BATCH):
-            idx = order[start:start + BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-    return n * epochs / (time.perf_counter() - started)
-
-
-_TORCH_COMPILED: dict = {}  # one compiled model per net and process: later repeats reuse its code
-
-
-def torch_repeats(X, y, epochs, threads, repeats, net, dropout=0.0, layer_norm=False,
-                  compiled=False) -> list[float]:
-    global LAYERS, BATCH, DROPOUT, LAYER_NORM
-    LAYERS, BATCH = NETS[net]  # a spawned child starts from the module defaults
-    DROPOUT, LAYER_NORM = dropout, layer_norm
-    rates = [torch_samples_per_s(X, y, epochs, threads, compiled) for _ in range(repeats + 1)]
-    return [] if rates[0] is None else rates[1:]
-
-
-def jax_samples_per_s(X, y, epochs):
-    """JAX the way its users make it fastest on a CPU: a whole epoch in one ``jax.jit``, the
-    batches a ``lax.scan`` (the ragged last batch one more step inside the same jit), SGD by
-    hand, PyTorch's default initialisation. The jitted epoch is built once per process (the
-    first repeat compiles it and is not counted). Returns None where JAX is not installed."""
-    try:
-        import jax
-    except ImportError:
-        return None
-    init, epoch, _ = _jax_epoch(X, y)
-    key = jax.random.PRNGKey(0)
-    params = init(key)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        key, sub = jax.random.split(key)
-        params = epoch(params, sub)
-    jax.block_until_ready(params)
-    return len(X) * epochs / (time.perf_counter() - started)
-
-
-_JAX_EPOCH: dict = {}
-
-
-def _jax_epoch(X, y):
-    """``(init(key) -> params, jitted epoch(params, key) -> params, step(params, (xb, yb)))`` for
-    this data and net (``step``, one SGD step, not jitted: the jit-per-step contender jits it)."""
-    cache_key = (tuple(LAYERS), BATCH, X.shape)
-    if cache_key in _JAX_EPOCH:
-        return _JAX_EPOCH[cache_key]
-    import jax
-    import jax.numpy as jnp
-
-    def init(key):
-        params = []
-        for fan_in, fan_out in zip(LAYERS, LAYERS[1:]):
-            key, k_w, k_b = jax.random.split(key, 3)
-            bound = 1.0 / np.sqrt(fan_in)
-            params.append((jax.random.uniform(k_w, (fan_out, fan_in), minval=-bound, maxval=bound),
-                           jax.random.uniform(k_b, (fan_out,), minval=-bound, maxval=bound)))
-        return params
-
-    def loss(params, xb, yb):
-        a = xb
-        for W, b in params[:-1]:
-            a = jax.nn.relu(a @ W.T + b)
-        W, b = params[-1]
-        log_p = jax.nn.log_softmax(a @ W.T + b)
-        return -jnp.mean(jnp.take_along_axis(log_p, yb[:, None], axis=1))
-
-    def step(params, batch):
-        grads = jax.grad(loss)(params, *batch)
-        return jax.tree_util.tree_map(lambda w, g: w - LR * g, params, grads), None
-
-    n = len(X)
-    full = n // BATCH
-    Xj, yj = jnp.asarray(X), jnp.asarray(y)
-
-    @jax.jit
-    def epoch(params, key):
-        order = jax.random.permutation(key, n)
-        Xs, ys = Xj[order], yj[order]
-        batches = (Xs[:full * BATCH].reshape(full, BATCH, -1), ys[:full * BATCH].reshape(full, BATCH))
-        params, _ = jax.lax.scan(step, params, batches)
-        if n > full * BATCH:
-            params, _ = step(params, (Xs[full * BATCH:], ys[full * BATCH:]))
-        return params
-
-    _JAX_EPOCH[cache_key] = init, epoch, step
-    return init, epoch, step
-
-
-def jax_step_samples_per_s(X, y, epochs):
-    """JAX as most of its users write a training loop: one ``jax.jit`` step per batch, the
-    batches gathered on the host side of the loop (shuffled each epoch with JAX's own key)."""
-    try:
-        import jax
-    except ImportError:
-        return None
-    init, _, sgd_step = _jax_epoch(X, y)
-    cache_key = (tuple(LAYERS), BATCH, X.shape)
-    step = _JAX_STEP.get(cache_key)
-    if step is None:
-        step = _JAX_STEP[cache_key] = jax.jit(lambda params, xb, yb: sgd_step(params, (xb, yb))[0])
-    Xj, yj = jax.numpy.asarray(X), jax.numpy.asarray(y)
-    key = jax.random.PRNGKey(0)
-    params = init(key)
-    n = len(X)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        key, sub = jax.random.split(key)
-        order = jax.random.permutation(sub, n)
-        for start in range(0, n, BATCH):
-            idx = order[start:start + BATCH]
-            params = step(params, Xj[idx], yj[idx])
-    jax.block_until_ready(params)
-    return n * epochs / (time.perf_counter() - started)
-
-
-_JAX_STEP: dict = {}
-
-
-def jax_repeats(X, y, epochs, repeats, net, per_step=False) -> list[float]:
-    global LAYERS, BATCH
-    LAYERS, BATCH = NETS[net]
-    measure = jax_step_samples_per_s if per_step else jax_samples_per_s
-    rates = [measure(X, y, epochs) for _ in range(repeats + 1)]  # the first compiles
-    return [] if rates[0] is None else rates[1:]
+def peer_repeats(name, X, y, epochs, threads, repeats, net, dropout=0.0, layer_norm=False) -> list[float]:
+    """Samples/s of each of ``repeats`` runs of ``epochs`` epochs of peer ``name`` (see
+    ``fastnn.bench.peers``), after one more run, not counted, in which it compiles and warms up;
+    [] where it is not installed. Meant for a process of its own (as every peer is run here)."""
+    if peers.missing(name) is not None:
+        return []
+    sizes, batch = NETS[net]
+    session = peers.start(name, peers.Recipe(sizes, batch, LR, dropout=dropout, layer_norm=layer_norm,
+                                             threads=threads), X, y)
+    rates = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for _ in range(epochs):
+            session.epoch()
+        rates.append(len(X) * epochs / (time.perf_counter() - started))
+    return rates[1:]
 
 
 @contextlib.contextmanager
@@ -309,22 +174,17 @@ def main(argv=None) -> dict:
                     results["numpy loop"].append(loop)
                 if "fastnn numpy" in results:
                     results["fastnn numpy"].append(reference)
-        # PyTorch runs afterwards in a child process while this one waits: its OpenMP workers keep
-        # spinning after each op and would steal the second core from anything run beside them.
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results["torch eager"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
-                                                 args.net, DROPOUT, LAYER_NORM).result()
-        if args.compiled:
+        # The peers run afterwards, each in a child process while this one waits: PyTorch's OpenMP
+        # workers keep spinning after each op and XLA keeps a pool over every core, and either
+        # would steal the second core from anything run beside them.
+        for name, label in (("torch", "torch eager"), ("torch.compile", "torch.compile"),
+                            ("jax jit+scan", "jax jit+scan"), ("jax jit/step", "jax jit/step")):
+            slow = name in ("torch.compile", "jax jit/step")  # to compile: only with --compiled
+            if (slow and not args.compiled) or (name.startswith("jax") and not plain):
+                continue
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results["torch.compile"] = pool.submit(torch_repeats, X, y, args.epochs, threads, args.repeats,
-                                                       args.net, DROPOUT, LAYER_NORM, True).result()
-        if plain:
-            for name, per_step in (("jax jit+scan", False), ("jax jit/step", True)):
-                if per_step and not args.compiled:
-                    continue
-                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # as XLA's
-                    results[name] = pool.submit(jax_repeats, X, y, args.epochs, args.repeats, args.net,
-                                                per_step).result()
+                results[label] = pool.submit(peer_repeats, name, X, y, args.epochs, threads, args.repeats,
+                                             args.net, DROPOUT, LAYER_NORM).result()
     medians = {name: statistics.median(v) for name, v in results.items() if v}
     print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
           f"{args.epochs} epochs x {args.repeats} repeats, "
@@ -341,11 +201,11 @@ def main(argv=None) -> dict:
         if "numpy loop" in medians:
             print(f"  numpy loop / torch    = {medians['numpy loop'] / medians['torch eager']:.2f}x")
     else:
-        print("  torch is not installed: PyTorch comparison skipped (pip install torch==2.13.0)")
+        print(f"  PyTorch comparison skipped: {peers.missing('torch')}")
     if "jax jit+scan" in medians:
         print(f"  fastnn / jax jit+scan = {medians['fastnn'] / medians['jax jit+scan']:.2f}x")
     elif plain:
-        print("  jax is not installed: JAX comparison skipped (pip install jax)")
+        print(f"  JAX comparison skipped: {peers.missing('jax jit+scan')}")
     for name in ("torch.compile", "jax jit/step"):
         if name in medians:
             print(f"  fastnn / {name:12s}= {medians['fastnn'] / medians[name]:.2f}x")

@@ -10,14 +10,19 @@ from typing import Any
 from ..progress import bar_factory
 from .machine import describe
 from .measure import Measurement, OtherLoad, flags
+from .peers import PEERS
 from .sections import SECTIONS
 
-# what each speed-up column divides by, per section
+# what each speed-up column divides by, per section ("x best peer": the fastest of them in the run)
 BASELINES = {
-    "matrix": {"x naive": ("naive loops", "per-sample loop"), "x numpy": ("numpy",), "x torch": ("torch",)},
-    "elementwise": {"x naive": ("numpy expression",), "x numpy": ("numpy",), "x torch": ("torch",)},
-    "training": {"x naive": ("lecture loop",), "x numpy": ("numpy",), "x torch": ("torch",)},
+    "matrix": {"x naive": ("naive loops", "per-sample loop"), "x numpy": ("numpy",), "x torch": ("torch",),
+               "x best peer": ("torch",)},
+    "elementwise": {"x naive": ("numpy expression",), "x numpy": ("numpy",), "x torch": ("torch",),
+                    "x best peer": ("torch",)},
+    "training": {"x naive": ("lecture loop",), "x numpy": ("numpy",), "x torch": ("torch",),
+                 "x best peer": PEERS},
 }
+BEST_OF = {"x best peer"}
 
 
 class Recorder:
@@ -47,12 +52,13 @@ class Recorder:
             self.on_row(row)
 
 
-# Seconds each section takes, fixed (baselines, PyTorch) and per fastnn backend, on this project's
-# 2-core machines (`fastnn bench` ~35 s and `--quick` ~22 s for numpy + numba, PyTorch installed).
+# Seconds each section takes, fixed (baselines and peers) and per fastnn backend, on this project's
+# 2-core machines, PyTorch and JAX installed (`--quick`: ~30 s for numpy + numba; the full run's
+# training section compiles torch.compile's model and JAX's step, ~40 s more the first time).
 SECONDS_PER_BACKEND = {("matrix", True): 2, ("elementwise", True): 1, ("training", True): 4,
                        ("matrix", False): 4, ("elementwise", False): 2, ("training", False): 5}
-SECONDS_FIXED = {("matrix", True): 2, ("elementwise", True): 1, ("training", True): 5,
-                 ("matrix", False): 4, ("elementwise", False): 2, ("training", False): 7}
+SECONDS_FIXED = {("matrix", True): 2, ("elementwise", True): 1, ("training", True): 12,
+                 ("matrix", False): 4, ("elementwise", False): 2, ("training", False): 60}
 
 
 def estimate_seconds(backends: list[str], sections: Iterable[str], quick: bool) -> float:
@@ -84,6 +90,13 @@ def row_line(row: dict[str, Any]) -> str:
             f"{row['unit']:9s} {spread:>21s}" + (f"  {'; '.join(warnings)}" if warnings else ""))
 
 
+def _best_value(rows: list[dict], section: str, workload: str, names: tuple[str, ...]) -> float | None:
+    """The fastest of ``names`` on this workload in the run, or None."""
+    values = [row["value"] for row in rows if row["section"] == section and row["workload"] == workload
+              and row["contender"] in names]
+    return max(values, default=None)
+
+
 def _baseline_value(rows: list[dict], section: str, workload: str, names: tuple[str, ...]) -> float | None:
     for name in names:
         for row in rows:
@@ -106,13 +119,15 @@ def table(report: dict[str, Any]) -> str:
              f"= {peak['assumptions']}; a core running above its nominal clock shows as more than 100 %",
              "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v),
              f"GPU: {machine['gpu']}", ""]
-    header = f"{ROW_HEADER} {'x naive':>9s} {'x numpy':>8s} {'x torch':>8s}  notes"
+    header = f"{ROW_HEADER} {'x naive':>9s} {'x numpy':>8s} {'x torch':>8s} {'x best peer':>11s}  notes"
     lines += [header, "-" * len(header)]
     for row in rows:
         columns = []
-        for names in BASELINES[row["section"]].values():
-            base = _baseline_value(rows, row["section"], row["workload"], names)
-            columns.append(f"{row['value'] / base:8.2f}x" if base else f"{'':9s}")
+        for column, names in BASELINES[row["section"]].items():
+            width = max(len(column), 8)
+            find = _best_value if column in BEST_OF else _baseline_value
+            base = find(rows, row["section"], row["workload"], names)
+            columns.append(f"{row['value'] / base:{width}.2f}x" if base else " " * (width + 1))
         notes = []
         if row["unit"] == "GFLOP/s" and peak.get(f"gflops_{row['extra'].get('dtype', 'float32')}"):
             notes.append(f"{100 * row['value'] / peak['gflops_' + row['extra'].get('dtype', 'float32')]:.0f}% of peak")

@@ -2,7 +2,9 @@
 
 Every workload is timed for each requested fastnn backend and for its baselines: naive loops,
 the unfused NumPy expression, a plain memory copy (the bandwidth ceiling) and PyTorch eager
-where it is installed (run last in each section: its OpenMP workers keep spinning afterwards).
+where it is installed (run last in each section: its OpenMP workers keep spinning afterwards);
+training also against every peer of ``peers`` that is installed (JAX jit+scan and jit/step,
+``torch.compile``; the two slowest to compile are left out of ``--quick``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..backends import backend_for
-from . import baselines
+from . import baselines, peers
 from .measure import Measurement, device_time_call, measurement, time_call
 
 
@@ -241,35 +243,17 @@ def _lecture_run(sizes, X, X_test, y, y_test, epochs, budget_batches):
     return [per_batch * len(X) / 64], accuracy
 
 
-def _torch_run(sizes, X, X_test, y, y_test, epochs):
-    torch = _torch()
-    torch.manual_seed(0)
-    layers = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
-        linear = torch.nn.Linear(fan_in, fan_out)
-        with torch.no_grad():
-            linear.weight.uniform_(-0.5, 0.5)
-            linear.bias.uniform_(-0.5, 0.5)
-        layers += [linear, torch.nn.Sigmoid()]
-    model = torch.nn.Sequential(*layers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    Xt = torch.from_numpy(X)
-    Yt = torch.nn.functional.one_hot(torch.from_numpy(y), sizes[-1]).float()
-    gen = torch.Generator().manual_seed(0)
-    seconds = []
-    for _ in range(epochs):
-        started = time.perf_counter()
-        order = torch.randperm(len(X), generator=gen)
-        for start in range(0, len(X), 64):
-            idx = order[start:start + 64]
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(model(Xt[idx]), Yt[idx])
-            loss.backward()
-            optimizer.step()
-        seconds.append(time.perf_counter() - started)
-    with torch.no_grad():
-        accuracy = float((model(torch.from_numpy(X_test)).argmax(1).numpy() == y_test).mean())
-    return seconds, accuracy
+def _peer_run(name, sizes, X, X_test, y, y_test, epochs):
+    """A peer (``peers.PEERS``) on seed 003's recipe, from the same uniform(-0.5, 0.5) weights."""
+    recipe = peers.Recipe(tuple(sizes), batch=64, lr=0.5, hidden="sigmoid", output="sigmoid", loss="mse",
+                          init="half")
+    trained = peers.train(name, recipe, X, y, epochs)
+    accuracy = float((trained.predict(X_test).argmax(1) == y_test).mean())
+    return trained.seconds, accuracy, trained.compile_s
+
+
+# compiling takes longer than a --quick run: these peers are left out of it
+SLOW_TO_COMPILE = ("torch.compile", "jax jit/step")
 
 
 def training(backends: list[str], quick: bool, repeats: int, record: Recorder) -> None:
@@ -282,8 +266,10 @@ def training(backends: list[str], quick: bool, repeats: int, record: Recorder) -
         budget = 4 if quick else (10**9 if sizes[1] <= 128 else 8)
         jobs.append((workload, "lecture loop",
                      lambda a=(sizes, X, X_test, y, y_test, epochs), budget=budget: _lecture_run(*a, budget) + (None,)))
-        if _torch() is not None:
-            jobs.append((workload, "torch", lambda a=(sizes, X, X_test, y, y_test, epochs): _torch_run(*a) + (None,)))
+        for peer in peers.PEERS:
+            if peers.missing(peer) is None and not (quick and peer in SLOW_TO_COMPILE):
+                jobs.append((workload, peer, lambda peer=peer, a=(sizes, X, X_test, y, y_test, epochs):
+                             _peer_run(peer, *a)))
     for workload, contender, run in record.jobs(jobs, "training"):
         seconds, accuracy, warm = run()
         n = len(data[workload][1])
