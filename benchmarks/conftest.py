@@ -1,4 +1,4 @@
-"""pytest-benchmark set-up for ``pytest benchmarks/ --benchmark-only``.
+"""pytest-benchmark set-up for ``pytest benchmarks/ --benchmark-only [--quick] [--busy]``.
 
 Each benchmark belongs to a ``group`` (one workload) and names its contender in
 ``extra_info["contender"]``; after the run, ``pytest_terminal_summary`` prints each group's
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from fastnn.bench.measure import busy_neighbour
+
 # group -> [(baseline contender, contender to check, target speed-up), ...]
 TARGETS: dict[str, list[tuple[str, str, float]]] = {}
 
@@ -20,6 +22,15 @@ def target(group: str, baseline: str, contender: str, ratio: float) -> None:
 
 def pytest_addoption(parser):
     parser.addoption("--quick", action="store_true", help="small sizes: a smoke run of every benchmark")
+    parser.addoption("--busy", action="store_true",
+                     help="a busy-looping process beside every benchmark, as on a shared machine")
+
+
+@pytest.fixture(autouse=True)
+def _busy_neighbour(request):
+    """With --busy, every benchmark runs beside a process spinning on one CPU."""
+    with busy_neighbour(request.config.getoption("--busy")):
+        yield
 
 
 @pytest.fixture
@@ -36,10 +47,11 @@ def pytest_terminal_summary(terminalreporter, config):
         if bench.stats is None:
             continue
         contender = bench.extra_info.get("contender", bench.name)
-        medians.setdefault(bench.group, {})[contender] = bench.stats.median
+        medians.setdefault(bench.group or bench.name, {})[contender] = bench.stats.median
     quick = config.getoption("--quick")
     terminalreporter.write_sep("-", "speed-ups (ratio of medians, same run)" +
-                               (" -- --quick sizes: the targets are for full runs" if quick else ""))
+                               (" -- --quick sizes: the targets are for full runs" if quick else "") +
+                               (" -- beside a busy process (--busy)" if config.getoption("--busy") else ""))
     for group, by_contender in sorted(medians.items()):
         goals = TARGETS.get(group, [])
         baselines = {baseline for baseline, _, _ in goals}
@@ -58,5 +70,5 @@ def pytest_terminal_summary(terminalreporter, config):
     for bench in session.benchmarks:
         for name, value, goal in bench.extra_info.get("checks", []):
             contender = bench.extra_info.get("contender", bench.name)
-            terminalreporter.write_line(f"{bench.group:38s} {contender:14s} {name} {value:6.2f} "
+            terminalreporter.write_line(f"{bench.group or bench.name:38s} {contender:14s} {name} {value:6.2f} "
                                         f"(target >= {goal:.2f}: {'met' if value >= goal else 'NOT met'})")

@@ -21,11 +21,8 @@ as when a machine is shared, which is where waiting threads must give way rather
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -33,7 +30,7 @@ import numpy as np
 
 import fastnn
 from fastnn.bench import peers
-from fastnn.bench.measure import settle  # a 20-epoch digits run is shorter than the spin
+from fastnn.bench.measure import busy_neighbour, settle  # a 20-epoch digits run is shorter than the spin
 
 NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
 LAYERS, BATCH = NETS["digits"]
@@ -109,18 +106,6 @@ def peer_repeats(name, X, y, epochs, threads, repeats, net, dropout=0.0, layer_n
     return rates[1:]
 
 
-@contextlib.contextmanager
-def busy_process(enabled: bool):
-    """A second process spinning on one CPU while the block runs (when ``enabled``)."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if enabled else None
-    try:
-        yield
-    finally:
-        if process is not None:
-            process.kill()
-            process.wait()
-
-
 def blas_threads() -> int:
     try:
         from threadpoolctl import threadpool_info
@@ -159,7 +144,7 @@ def main(argv=None) -> dict:
     results: dict[str, list[float]] = {"fastnn": [], "numpy loop": []}
     if args.backend != "numpy":
         results["fastnn numpy"] = []  # the NumPy backend, the bar the other backends must clear
-    with busy_process(args.busy):
+    with busy_neighbour(args.busy):
         for repeat in range(args.repeats + 1):  # repeat 0 warms up (BLAS threads, caches, JIT)
             settle()
             fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)

@@ -278,10 +278,15 @@ def bench(args: argparse.Namespace) -> int:
           f"{report.estimate_seconds(names, sections, args.quick) * args.repeats / 5:.0f} s. "
           "Rows print as they are measured; BUSY or NOISY marks a row taken while the machine was not quiet.",
           flush=True)
+    from .bench.measure import busy_neighbour
+
+    if args.busy:
+        print("--busy: a busy-looping process runs beside every row, as on a shared machine", flush=True)
     print(report.ROW_HEADER, flush=True)
     started = time.perf_counter()
-    result = report.run(names, quick=args.quick, repeats=args.repeats, sections=sections, progress=False,
-                        on_row=lambda row: print(report.row_line(row.as_dict()), flush=True))
+    with busy_neighbour(args.busy):
+        result = report.run(names, quick=args.quick, repeats=args.repeats, sections=sections, progress=False,
+                            on_row=lambda row: print(report.row_line(row.as_dict()), flush=True))
     print(f"\nmeasured in {time.perf_counter() - started:.0f} s; the table with ratios:\n")
     print(report.table(result))
     if args.json:
@@ -307,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in well under a minute")
     bench_parser.add_argument("--repeats", type=int, default=5)
     bench_parser.add_argument("--section", action="append", choices=["matrix", "elementwise", "training"])
+    bench_parser.add_argument("--busy", action="store_true",
+                              help="a busy-looping process beside every measurement, as on a shared machine")
     bench_parser.add_argument("--json", metavar="PATH", help="write every measurement and the machine as JSON")
     bench_parser.add_argument("--plot", metavar="PATH", help="write the chart as PNG (needs matplotlib)")
     trainer.add_argument("--backend", choices=VALID_NAMES, help=backend_help)

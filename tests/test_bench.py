@@ -93,21 +93,15 @@ def test_bench_prints_each_row_as_it_is_measured(capsys):
 def test_a_busy_neighbour_is_seen_and_flagged():
     """A row measured while another process kept a core busy says so (BUSY), as does a row whose
     repeats lie far apart (NOISY); a quiet, tight row carries no flag."""
-    import subprocess
-    import sys
     import time
 
-    from fastnn.bench.measure import OtherLoad, flags
+    from fastnn.bench.measure import OtherLoad, busy_neighbour, flags
 
     probe = OtherLoad()
-    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
+    with busy_neighbour():
         probe.mark()
         time.sleep(1.0)
         busy = probe.cores()
-    finally:
-        neighbour.kill()
-        neighbour.wait()
     assert busy is not None and busy >= 0.5
     row = {"low": 10.0, "high": 11.0, "extra": {"other_cores": busy}}
     assert flags(row) and flags(row)[0].startswith("BUSY")
@@ -115,6 +109,58 @@ def test_a_busy_neighbour_is_seen_and_flagged():
     assert flags({"low": 10.0, "high": 11.0, "extra": {"other_cores": 0.05}}) == []
     assert "BUSY" in report.row_line({"section": "matrix", "workload": "w", "contender": "c", "value": 1.0,
                                       "unit": "GFLOP/s", **row})
+
+
+def test_bench_busy_runs_every_row_beside_a_busy_process(capsys, monkeypatch):
+    """While the rows are measured another process keeps a core busy (seen here from a quiet
+    half second at the start: how much of a core the neighbour gets later depends on how many
+    threads the row itself runs)."""
+    import time
+
+    from fastnn.bench.measure import OtherLoad
+
+    seen = []
+    run = report.run
+
+    def probed_run(*args, **kwargs):
+        load = OtherLoad()
+        time.sleep(0.5)
+        seen.append(load.cores())
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(report, "run", probed_run)
+    for busy in (True, False):
+        assert main(["bench", "--quick", "--repeats", "2", "--backend", "numpy", "--section", "elementwise"]
+                    + (["--busy"] if busy else [])) == 0
+    out = capsys.readouterr().out
+    assert seen[0] >= 0.8 and seen[1] < 0.5, seen
+    assert out.count("--busy: a busy-looping process runs beside every row") == 1
+
+
+def test_the_benchmark_suites_busy_option_runs_a_busy_process_beside_each_benchmark():
+    """``pytest benchmarks --busy``: the summary says so, and the benchmark saw the other core busy."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import time\n"
+             "from fastnn.bench.measure import OtherLoad\n"
+             "def test_probe(benchmark):\n"
+             "    load = OtherLoad(); load.mark(); time.sleep(1.0)\n"
+             "    benchmark.extra_info['checks'] = [('other cores', load.cores(), 0.5)]\n"
+             "    benchmark.pedantic(time.sleep, args=(0.01,), rounds=1)\n")
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    probe_file = folder / "test_zz_busy_probe.py"
+    probe_file.write_text(probe)
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", str(probe_file), "--benchmark-only", "--busy",
+                                 "-q", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=120,
+                                cwd=folder)
+    finally:
+        probe_file.unlink()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "beside a busy process (--busy)" in result.stdout
+    assert "other cores" in result.stdout and "(target >= 0.50: met)" in result.stdout, result.stdout
 
 
 def test_chart_legends_never_cover_the_data(tmp_path, monkeypatch):

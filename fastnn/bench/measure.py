@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +18,25 @@ def settle() -> None:
     workers spin for ~0.1 s after their last GEMM (measured with getrusage) and would take a
     core from whatever runs next."""
     time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def busy_neighbour(enabled: bool = True) -> Iterator[None]:
+    """A second process spinning on one CPU while the block runs (when ``enabled``): more
+    runnable threads than CPUs, as on a shared machine, where threads that wait must give way
+    rather than spin. The benchmarks' ``--busy`` mode."""
+    process = None
+    if enabled:  # it says when it spins, so that nothing is measured while it is still starting
+        process = subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                                   stdout=subprocess.PIPE, text=True)
+        process.stdout.readline()
+    try:
+        yield
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+            process.stdout.close()
 
 
 @dataclass
