@@ -143,8 +143,9 @@ def train(args: argparse.Namespace) -> int:
 
         def say_compiling() -> None:
             said.append(True)
-            say(f"compiling the {backend.name} kernels this run needs (once: later runs load them from the "
-                  "cache) ...", flush=True)
+            estimate = f"{backend.compile_estimate}, " if backend.compile_estimate else ""
+            say(f"compiling the {backend.name} kernels this run needs ({estimate}once: later runs load them "
+                "from the cache) ...", flush=True)
 
         notice = threading.Timer(1.0, say_compiling)
         if backend.compiles and world.is_main:

@@ -163,6 +163,7 @@ def test_train_says_compiling_only_when_it_compiles(capsys, monkeypatch):
     assert main(["train", "xor", "--backend", "numba", "--epochs", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     said = next(i for i, line in enumerate(lines) if line.startswith("compiling the numba kernels"))
+    assert "(roughly 30-60 s on 2 cores, once" in lines[said]  # how long, roughly
     assert lines[said + 1].startswith("kernels compiled in") and said < next(
         i for i, line in enumerate(lines) if line.startswith("epoch "))
 

@@ -149,8 +149,10 @@ class Backend:
     # True where reading a value back to the host stalls a device queue: training then checks
     # for NaN/inf on the device and looks at the result once per epoch, not once per step.
     defers_checks: bool = False
-    # True where kernels are compiled on first use (a JIT backend): the CLI then says so
+    # True where kernels are compiled on first use (a JIT backend): the CLI then says so, with
+    # ``compile_estimate``, how long a first fit's compilation roughly takes
     compiles: bool = False
+    compile_estimate: str = ""
     # True where ``capture`` records a training step as one replayable graph (``fastnn.graph_step``)
     captures_steps: bool = False
 
