@@ -20,6 +20,7 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ _NUMBA_THREAD_VARIABLES = ("NUMBA_NUM_THREADS",)
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 INSTALL_HINT = "pip install 'fastnn[mpi]' (mpi4py and MPICH)"
+# Seconds a rank dying of an exception waits, its traceback written, before it aborts the world
+ABORT_GRACE_S = 0.2
 
 
 def launched_size() -> int:
@@ -225,8 +228,15 @@ def _abort_on_uncaught_exception(world: World) -> None:
         previous = sys.excepthook
 
     def hook(kind, value, traceback):
+        # The launcher forwards a rank's output asynchronously and may kill every rank before it
+        # has forwarded the traceback's last line, the one that says what happened (seen once in
+        # CI under MPICH): say it first, in one line, and give the launcher a moment before the
+        # abort.
+        print(f"fastnn: rank {world.rank} of {world.size}: {kind.__name__}: {value}; aborting every rank",
+              file=sys.stderr, flush=True)
         previous(kind, value, traceback)
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         world.comm.Abort(1)
 
     sys.excepthook = hook
