@@ -106,6 +106,30 @@ def peer_repeats(name, X, y, epochs, threads, repeats, net, dropout=0.0, layer_n
     return rates[1:]
 
 
+def step_flops_per_sample(sizes) -> int:
+    """FLOPs a training step spends per sample in its GEMMs: forward, weight gradients and the
+    gradients of every layer's input but the first's (2 per multiply-add)."""
+    products = [fan_in * fan_out for fan_in, fan_out in zip(sizes, sizes[1:])]
+    return 2 * (3 * sum(products) - products[0])
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 GEMM rate on n x n operands through NumPy's BLAS (best of repeats)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = min(_seconds(lambda: np.matmul(a, b, out=out), 10) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _seconds(fn, number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - started) / number
+
+
 def blas_threads() -> int:
     try:
         from threadpoolctl import threadpool_info
@@ -198,6 +222,12 @@ def main(argv=None) -> dict:
         print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")
     if "fastnn numpy" in medians:
         print(f"  fastnn / numpy backend = {medians['fastnn'] / medians['fastnn numpy']:.2f}x")
+    if args.net == "large":  # issue 13: the step's arithmetic rate against the machine's own GEMM
+        settle()
+        peak = gemm_gflops()
+        rate = step_flops_per_sample(LAYERS) * medians["fastnn"] / 1e9
+        print(f"  fastnn's GEMM arithmetic {rate:.0f} GFLOP/s = {100 * rate / peak:.0f}% of this machine's "
+              f"1024x1024 float32 GEMM ({peak:.0f} GFLOP/s, NumPy's BLAS; target >= 80%)")
     return medians
 
 
