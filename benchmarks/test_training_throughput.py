@@ -15,7 +15,6 @@ import fastnn
 from conftest import target
 from fastnn.bench import baselines, peers
 from fastnn.bench.measure import settle
-from fastnn.bench.sections import SLOW_TO_COMPILE
 
 BACKENDS = [name for name, why in fastnn.available_backends().items() if why is None]
 SIZES = (64, 128, 64, 10)
@@ -126,7 +125,7 @@ def test_e2e_peer(benchmark, quick, net, peer):
     why = peers.missing(peer)
     if why is not None:
         pytest.skip(why)
-    if quick and peer in SLOW_TO_COMPILE:
+    if quick and peer in peers.SLOW_TO_COMPILE:
         pytest.skip(f"{peer}: compiling takes longer than a --quick run")
     X, y = _e2e_data(net, quick)
     sizes, batch = E2E[net]

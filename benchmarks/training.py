@@ -30,7 +30,7 @@ import numpy as np
 
 import fastnn
 from fastnn.bench import peers
-from fastnn.bench.measure import busy_neighbour, settle  # a 20-epoch digits run is shorter than the spin
+from fastnn.bench.measure import busy_neighbour, settle, time_call  # a 20-epoch digits run is shorter than the spin
 
 NETS = {"digits": ((64, 128, 64, 10), 64), "large": ((784, 1024, 1024, 10), 256)}
 LAYERS, BATCH = NETS["digits"]
@@ -118,16 +118,8 @@ def gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
     a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
     out = np.empty_like(a)
-    np.matmul(a, b, out=out)
-    best = min(_seconds(lambda: np.matmul(a, b, out=out), 10) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
-
-
-def _seconds(fn, number: int) -> float:
-    started = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - started) / number
+    _, rounds = time_call(lambda: np.matmul(a, b, out=out), repeats, min_seconds=0.2)
+    return 2 * n ** 3 / min(rounds) / 1e9
 
 
 def blas_threads() -> int:
@@ -188,8 +180,7 @@ def main(argv=None) -> dict:
         # would steal the second core from anything run beside them.
         for name, label in (("torch", "torch eager"), ("torch.compile", "torch.compile"),
                             ("jax jit+scan", "jax jit+scan"), ("jax jit/step", "jax jit/step")):
-            slow = name in ("torch.compile", "jax jit/step")  # to compile: only with --compiled
-            if (slow and not args.compiled) or (name.startswith("jax") and not plain):
+            if (name in peers.SLOW_TO_COMPILE and not args.compiled) or (name.startswith("jax") and not plain):
                 continue
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 results[label] = pool.submit(peer_repeats, name, X, y, args.epochs, threads, args.repeats,

@@ -63,6 +63,22 @@ def test_cli_bench_quick(tmp_path, capsys):
     assert sections == {"matrix", "training"}
 
 
+def test_the_best_peer_column_divides_by_the_fastest_peer_of_the_workload():
+    rows = [{"section": "training", "workload": w, "contender": c, "value": v, "unit": "samples/s", "low": v,
+             "high": v, "extra": {}}
+            for w, c, v in (("digits", "numba", 600.0), ("digits", "torch", 100.0), ("digits", "jax jit+scan", 400.0),
+                            ("digits", "lecture loop", 10.0), ("large", "numba", 50.0), ("large", "torch", 500.0))]
+    machine = {"cpu": "c", "cores": 2, "simd": [], "blas": [], "versions": {}, "gpu": None,
+               "peak": {"gflops_float32": None, "gflops_float64": None, "assumptions": ""}}
+    lines = report.table({"results": rows, "machine": machine}).splitlines()
+    header = next(line for line in lines if "x best peer" in line)
+    column = header.index("x best peer") + len("x best peer")
+    cell = {(line.split()[1], line.split()[2]): line[column - 11:column].strip()
+            for line in lines[lines.index(header) + 2:]}
+    assert cell["digits", "numba"] == "1.50x"  # over JAX's 400, not torch's 100
+    assert cell["digits", "lecture"] == "0.03x" and cell["large", "numba"] == "0.10x"
+
+
 def test_a_gpu_backend_is_timed_with_cuda_events(cupy_standin):
     backend, _ = cupy_standin
     result = report.run([backend, "numpy"], quick=True, repeats=2, sections=("elementwise", "matrix"), progress=False)

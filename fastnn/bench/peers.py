@@ -31,6 +31,8 @@ import numpy as np
 
 INSTALL = {"torch": "pip install torch==2.13.0", "jax": "pip install jax"}
 PEERS = ("torch", "torch.compile", "jax jit+scan", "jax jit/step")
+# compiling these takes longer than a smoke run (torch.compile: ~30 s cold): left out of --quick runs
+SLOW_TO_COMPILE = ("torch.compile", "jax jit/step")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,10 @@ def _baseline_value(rows: list[dict], section: str, workload: str, names: tuple[
     return None
 
 
+def _width(column: str) -> int:
+    return max(len(column), 8)
+
+
 def table(report: dict[str, Any]) -> str:
     rows = report["results"]
     machine = report["machine"]
@@ -119,12 +123,14 @@ def table(report: dict[str, Any]) -> str:
              f"= {peak['assumptions']}; a core running above its nominal clock shows as more than 100 %",
              "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v),
              f"GPU: {machine['gpu']}", ""]
-    header = f"{ROW_HEADER} {'x naive':>9s} {'x numpy':>8s} {'x torch':>8s} {'x best peer':>11s}  notes"
+    # every section has the same columns; a cell is ``width`` digits and an "x", its header as wide
+    header = f"{ROW_HEADER} " + " ".join(f"{column:>{_width(column) + 1}s}" for column in BASELINES["training"]) \
+        + "  notes"
     lines += [header, "-" * len(header)]
     for row in rows:
         columns = []
         for column, names in BASELINES[row["section"]].items():
-            width = max(len(column), 8)
+            width = _width(column)
             find = _best_value if column in BEST_OF else _baseline_value
             base = find(rows, row["section"], row["workload"], names)
             columns.append(f"{row['value'] / base:{width}.2f}x" if base else " " * (width + 1))

@@ -252,10 +252,6 @@ def _peer_run(name, sizes, X, X_test, y, y_test, epochs):
     return trained.seconds, accuracy, trained.compile_s
 
 
-# compiling takes longer than a --quick run: these peers are left out of it
-SLOW_TO_COMPILE = ("torch.compile", "jax jit/step")
-
-
 def training(backends: list[str], quick: bool, repeats: int, record: Recorder) -> None:
     jobs = []
     data = _datasets(quick)
@@ -267,7 +263,7 @@ def training(backends: list[str], quick: bool, repeats: int, record: Recorder) -
         jobs.append((workload, "lecture loop",
                      lambda a=(sizes, X, X_test, y, y_test, epochs), budget=budget: _lecture_run(*a, budget) + (None,)))
         for peer in peers.PEERS:
-            if peers.missing(peer) is None and not (quick and peer in SLOW_TO_COMPILE):
+            if peers.missing(peer) is None and not (quick and peer in peers.SLOW_TO_COMPILE):
                 jobs.append((workload, peer, lambda peer=peer, a=(sizes, X, X_test, y, y_test, epochs):
                              _peer_run(peer, *a)))
     for workload, contender, run in record.jobs(jobs, "training"):
