@@ -9,6 +9,11 @@ is that kernel's time per step over a 1437-sample epoch of 22 full batches, "its
 a batch" the eight GEMMs one of its two threads runs (the register-tiled JIT GEMM of
 ``kernels/numba/small_gemm.py``, which the trainer uses for layers this small), and "... with
 OpenBLAS" the same eight on single-threaded OpenBLAS, what the kernel used before.
+
+Then the whole-step kernel's time split into its phases, per thread (``DenseTrainer.
+record_phases``: cycle-counter ticks inside the kernel): the forward and backward passes of its
+row block, the waits for the other thread after each of the two phases a batch, the gradient sum,
+the update and the refresh of the transposed weights. A thread's column adds up to the step.
 """
 
 from __future__ import annotations
@@ -58,26 +63,30 @@ def main(argv=None) -> dict[str, float]:
             np.matmul(d3, W[1], out=d2)
             np.matmul(d2.T, xb, out=g1)
 
+        whole_step, split = _whole_step(net, X, y, optimizer, backend, gemms)
         results = {}
         for name, fn, steps, around in (("per-layer step", step, 1, contextlib.nullcontext()),
                                         ("its 8 GEMMs alone", gemms, 1, contextlib.nullcontext()),
-                                        *_whole_step(net, X, y, optimizer, backend, gemms)):
+                                        *whole_step):
             with around:
                 settle()  # the previous line's OpenBLAS workers spin for ~0.1 s
                 fn()
                 calls = max(1, args.steps // steps)
                 results[name] = min(timeit.repeat(fn, number=calls, repeat=5)) / calls / steps
             print(f"{name:24s} {results[name] * 1e6:7.1f} us  (backend {backend.name!r})")
+        if split is not None:
+            results.update(split(args.steps))
     return results
 
 
 def _whole_step(net, X, y, optimizer, backend, gemms):
-    """(name, function, steps per call, context to time it in) for the whole-step kernel and the
-    half-batch GEMMs, if any."""
+    """``(rows, split)``: (name, function, steps per call, context to time it in) for the
+    whole-step kernel and the half-batch GEMMs, and a function that prints the kernel's phases
+    (``([], None)`` without a whole-step kernel)."""
     loss = fastnn.losses.CrossEntropy()
     trainer = fastnn.training._dense_trainer(net, loss, X, y, 64, optimizer)
     if trainer is None:
-        return []
+        return [], None
     from threadpoolctl import threadpool_limits
 
     params, grads = net.flat_parameters()
@@ -112,10 +121,28 @@ def _whole_step(net, X, y, optimizer, backend, gemms):
         np.matmul(d[2], W[1], out=d[1])
         np.matmul(d[1].T, xb, out=g[0])
 
+    def split(steps: int) -> dict[str, float]:
+        """Print and return the phases of ~``steps`` steps, us per step (thread 0's, then thread 1's)."""
+        epochs = max(1, steps // batches)
+        with trainer:
+            epoch()  # the first call after entering pays for OpenBLAS's thread change
+            trainer.record_phases()
+            for _ in range(epochs):
+                epoch()
+        seconds = trainer.phase_seconds()
+        per_step = {name: values / (epochs * batches) * 1e6 for name, values in seconds.items()}
+        threads = len(per_step["whole"])
+        print(f"\nwhole-step kernel by phase, us per step ({threads} thread(s); {epochs * batches} steps):")
+        print(f"  {'phase':24s}" + "".join(f"{f'thread {t}':>10s}" for t in range(threads)))
+        for name, values in per_step.items():
+            print(f"  {name:24s}" + "".join(f"{v:10.1f}" for v in values))
+        return {f"phase {name} (thread {t})": values[t] * 1e-6 for name, values in per_step.items()
+                for t in range(threads)}
+
     jit_gemms = _jit_half_gemms(W, half, z, g, d)
     return [("whole-step kernel", epoch, batches, trainer),
             ("its GEMMs on half a batch", jit_gemms, 1000, contextlib.nullcontext()),
-            ("... with OpenBLAS", half_gemms, 1000, contextlib.nullcontext())]
+            ("... with OpenBLAS", half_gemms, 1000, contextlib.nullcontext())], split
 
 
 def _jit_half_gemms(W, xb, z, g, d):

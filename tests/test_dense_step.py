@@ -504,3 +504,42 @@ def test_one_build_of_the_trainer_serves_both_losses():
                 net.fit(X, y, loss, fastnn.SGD(0.05), epochs=1, batch_size=16)
     builds = [str(signature[0].dtype) for signature in dense_step.train_batches.signatures]
     assert {"float32", "float64"} <= set(builds) and len(builds) == len(set(builds)), builds
+
+
+def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits):
+    """``record_phases``: per thread, cycle-counter time in each phase of the step, which together
+    never exceed the thread's whole time in the kernel; the training is the same bits as
+    unrecorded, and reading phases that are not being recorded is an error that says so."""
+    from fastnn.kernels.numba import clock, dense_step
+
+    X, y = digits
+    finals = []
+    for record in (False, True):
+        net = _net("numba")
+        optimizer = fastnn.SGD(0.1)
+        trainer = fastnn.training._dense_trainer(net, fastnn.losses.CrossEntropy(), X, y, 64, optimizer)
+        params, grads = net.flat_parameters()
+        Xc, targets = trainer.inputs(X, y)
+        order = np.arange(len(X))
+        snapshot, losses, correct = params.copy(), np.empty(5), np.empty(5)
+        if record:
+            trainer.record_phases()
+        else:
+            with pytest.raises(RuntimeError, match="record_phases"):
+                trainer.phase_seconds()
+        with trainer:
+            for _ in range(3):
+                assert trainer.run(Xc, targets, order, 0, 5, 64, optimizer, optimizer.bind(net), grads, snapshot,
+                                   losses, correct)[:2] == (5, None)
+        finals.append(params.copy())
+    np.testing.assert_array_equal(finals[0], finals[1])
+
+    seconds = trainer.phase_seconds()
+    assert list(seconds) == [*dense_step.PHASES, "other", "whole"]
+    assert all(values.shape == (trainer.threads,) for values in seconds.values())
+    assert clock.ticks_per_second() > 1e6  # a counter that ticks (x86-64: the TSC)
+    # Every thread ran row blocks (GEMMs) or waited; the phases are parts of the whole, none negative.
+    assert (seconds["whole"] > 0).all()
+    assert (seconds["forward GEMMs"] + seconds["backward GEMMs"]).sum() > 0
+    for name in (*dense_step.PHASES, "other"):
+        assert (seconds[name] >= 0).all(), (name, seconds[name])

@@ -37,7 +37,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ..blas import NO_TRANS, ROW_MAJOR, TRANS
-from . import atomics, elementwise, simd, small_gemm
+from . import atomics, clock, elementwise, simd, small_gemm
 from .dropout import masked_copy
 from .jit import stamped
 from .losses import row_exp
@@ -54,6 +54,15 @@ OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
 # gradients are summed over the ranks before an update (``DenseTrainer.gradients``).
 _SGD, _ADAM, _NONE = 0, 1, 2
 RULES = {"sgd": _SGD, "adam": _ADAM, "none": _NONE}
+# Where a step's time goes, per thread, when the caller asks (``phase_ticks``): cycle-counter
+# ticks (``clock``) summed over a call into these slots, then the whole of the thread's time in
+# the call (anything not in a slot: claiming tasks, loop bookkeeping, the parallel launch).
+PHASES = ("gather inputs", "forward GEMMs", "bias + activation", "loss", "activation backward", "backward GEMMs",
+          "bias gradients", "wait after phase one", "gradient sum + check", "snapshot + update", "transpose weights",
+          "wait after phase two")
+(_GATHER, _FORWARD_GEMM, _BIAS_ACTIVATION, _LOSS, _ACTIVATION_BACKWARD, _BACKWARD_GEMM, _BIAS_GRADIENT, _WAIT_ONE,
+ _GRADIENT_SUM, _UPDATE, _TRANSPOSE, _WAIT_TWO) = range(len(PHASES))
+WHOLE = len(PHASES)  # the slot with the thread's whole time
 
 _FLAGS = {"cache": True, "error_model": "numpy", "boundscheck": False}
 sgd_serial = sgd[0]  # each thread updates its own slice: the serial builds
@@ -261,7 +270,7 @@ def _loss_and_grad(out, targets, labels, idx, dy, inv_n):
 @njit(**_FLAGS)
 @stamped
 def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64,
-                           inv_n, drop_keys, drop_scales, drop_step, first_row, norm_eps, keep):
+                           inv_n, drop_keys, drop_scales, drop_step, first_row, norm_eps, keep, marks):
     """Forward and backward for the samples ``idx`` (one thread's rows, from row ``first_row`` of
     the batch), weight and bias gradients of their share of the batch mean into ``grads``.
     Returns (loss sum, correct).
@@ -275,7 +284,10 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
     stays for the norm's backward, LN(z) at ``layers[l, 12]`` feeds the activation (and its
     backward), the rows' mean and rstd at ``[13]`` and ``[14]``, the gradient reaching LN(z) at
     ``[15]``; the norm's weight and bias sit at ``[16]`` and ``[17]`` of the parameters (-1: none).
-    The row kernels are those of the per-layer LayerNorm (``normalization``)."""
+    The row kernels are those of the per-layer LayerNorm (``normalization``).
+
+    ``marks``: this thread's row of ``train_batches``' ``phase_ticks`` (empty: not timed)."""
+    since = clock.start(marks)
     rows = idx.size
     n_layers = layers.shape[0]
     one = like(work[0], 1.0)
@@ -285,6 +297,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
         source, row = X[idx[r]], x[r]
         for j in range(row.size):
             row[j] = source[j]
+    since = clock.lap(marks, _GATHER, since)
     a = x
     for layer in range(n_layers):
         n_in, n_out, code, w_off, b_off, z_off, y_off = layers[layer, :7]
@@ -297,6 +310,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
         else:
             _gemm(gemm, ilp64, NO_TRANS, TRANS, rows, n_out, n_in, a.ctypes.data, n_in,
                   params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
+        since = clock.lap(marks, _FORWARD_GEMM, since)
         bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
         if layers[layer, 12] >= 0:
             u = _view(work, layers[layer, 12], rows, n_out)
@@ -314,11 +328,13 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
             a = _view(work, layers[layer, 10], rows, n_out)
             masked_copy(y.reshape(y.size), a.reshape(a.size), keep[layers[layer, 11]:layers[layer, 11] + rows * n_out],
                         first_row * n_out, drop_keys[layer, 1], drop_step, drop_keys[layer, 0], drop_scales[layer])
+        since = clock.lap(marks, _BIAS_ACTIVATION, since)
 
     last = n_layers - 1
     classes = layers[last, 1]
     dy = _view(work, layers[last, 9], rows, classes)
     loss, correct = _loss_and_grad(a, targets, labels, idx, dy, inv_n)
+    since = clock.lap(marks, _LOSS, since)
 
     for layer in range(last, -1, -1):
         n_in, n_out, code, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer, :10]
@@ -346,6 +362,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
                                b_off_n >= 0)
         else:
             activation_backward(code, dy, z, y, dz, alphas[layer])
+        since = clock.lap(marks, _ACTIVATION_BACKWARD, since)
         a_prev = x if layer == 0 else _view(work, _output_offset(layers, layer - 1), rows, n_in)
         w_grad = grads.ctypes.data + w_off * itemsize
         if wt_off >= 0:  # dW = dz.T @ a_prev: dz.T is dz read with swapped strides
@@ -353,12 +370,14 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
         else:
             _gemm(gemm, ilp64, TRANS, NO_TRANS, n_out, n_in, rows, dz.ctypes.data, n_out, a_prev.ctypes.data, n_in,
                   w_grad, n_in, one)
+        since = clock.lap(marks, _BACKWARD_GEMM, since)
         if b_off >= 0:
             db = grads[b_off:b_off + n_out]
             db[:] = 0
             for r in range(rows):
                 for j in range(n_out):
                     db[j] += dz[r, j]
+            since = clock.lap(marks, _BIAS_GRADIENT, since)
         if layer > 0:
             da = _view(work, layers[layer - 1, 9], rows, n_in)
             weights = params.ctypes.data + w_off * itemsize
@@ -367,6 +386,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
             else:
                 _gemm(gemm, ilp64, NO_TRANS, NO_TRANS, rows, n_in, n_out, dz.ctypes.data, n_out, weights, n_in,
                       da.ctypes.data, n_in, one)
+            since = clock.lap(marks, _BACKWARD_GEMM, since)
     return loss, correct
 
 
@@ -453,7 +473,7 @@ def _row_blocks(rows, threads):
 @stamped
 def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work, layers, alphas,
                 nobias, gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps,
-                keep):
+                keep, marks):
     """Phase one of a batch, task ``t``: forward and backward of row block ``t`` into its own
     gradient buffer (``grads`` for block 0, ``partial[t - 1]`` for the others)."""
     lo = start + t * block
@@ -462,26 +482,30 @@ def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, gr
     block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, labels, order[lo:hi], params, wt, target,
                                                              work[t], layers, alphas, nobias, gemm, ilp64, inv_n,
                                                              drop_keys, drop_scales, drop_step, lo - start, norm_eps,
-                                                             keep[t])
+                                                             keep[t], marks)
 
 
 @njit(**_FLAGS)
 @stamped
 def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyper, state1, state2, step, snapshot,
-                grads_ok, params_ok):
+                grads_ok, params_ok, marks):
     """Phase two of a batch, task ``c``: over slice ``c`` of the parameters, sum the blocks'
     gradients in a fixed order and check them, keep a copy of the parameters, update them,
     check them and refresh their part of the transposed weights."""
     lo, hi = _slice(c, slices, params.size)
     if lo < hi:
+        since = clock.start(marks)
         ok = all_finite(grads[lo:hi]) if blocks == 1 else True
         for t in range(1, blocks):
             ok = add_all_finite(grads[lo:hi], partial[t - 1, lo:hi]) and ok
+        since = clock.lap(marks, _GRADIENT_SUM, since)
         _copy(snapshot[lo:hi], params[lo:hi])
         _update(rule, hyper, params[lo:hi], grads[lo:hi], state1[lo:hi], state2[lo:hi], step)
         grads_ok[c] = ok
         params_ok[c] = all_finite(params[lo:hi])
+        since = clock.lap(marks, _UPDATE, since)
         transpose_weights(params, wt, layers, lo, hi)
+        clock.lap(marks, _TRANSPOSE, since)
 
 
 @njit(parallel=True, **_FLAGS)
@@ -489,7 +513,7 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
 def train_batches(X, targets, labels, order, first, count, batch_size, params, wt, grads, partial, work, layers,
                   alphas, nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
                   status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps,
-                  keep):
+                  keep, phase_ticks):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
     ``targets`` float64 ``(N, columns)``: class labels in column 0 where ``labels`` (softmax
     cross-entropy), else the regression targets (MSE); one type for both keeps one build a dtype.
@@ -508,6 +532,9 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
     ``first + i`` draws the masks of step ``drop_step + i``). LayerNorm: ``norm_eps`` (float64,
     per layer). ``keep`` (uint8, a row per thread): the kept-or-dropped bytes of each dropout layer.
 
+    ``phase_ticks`` (int64, ``(threads, len(PHASES) + 1)`` or ``(threads, 0)``: not timed): where
+    each thread's time went, added to it in cycle-counter ticks (``PHASES``; slot ``WHOLE``: all).
+
     The threads enter one parallel loop for the whole chunk and meet twice a batch, after the
     row blocks (phase one) and after the parameter slices (phase two), on atomic counters
     (``atomics``) instead of a fork and join of the thread pool each time (a digits step as
@@ -522,6 +549,8 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
     status[0], status[1], status[2] = 0, OK, 0
     transpose_weights(params, wt, layers, 0, params.size)
     for worker in prange(threads):
+        marks = phase_ticks[worker]
+        began = clock.start(marks)
         for batch in range(first, first + count):
             i = batch - first
             start = batch * batch_size
@@ -534,9 +563,11 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
                 if atomics.claim(phase, t):
                     _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work,
                                 layers, alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i],
-                                drop_keys, drop_scales, drop_step + np.uint64(i), norm_eps, keep)
+                                drop_keys, drop_scales, drop_step + np.uint64(i), norm_eps, keep, marks)
                     atomics.finish(phase)
+            since = clock.start(marks)
             atomics.wait(phase, blocks)
+            clock.lap(marks, _WAIT_ONE, since)
             if not math.isfinite(block_loss[i, :blocks].sum()):
                 break
             # Phase two, split across the threads too: a serial tail would let the idle thread
@@ -546,11 +577,14 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
                 c = (worker + k) % threads
                 if atomics.claim(phase, c):
                     _slice_task(c, threads, blocks, params, wt, grads, partial, layers, rule, hyper, state1, state2,
-                                step + i + 1, snapshot, grads_ok[i], params_ok[i])
+                                step + i + 1, snapshot, grads_ok[i], params_ok[i], marks)
                     atomics.finish(phase)
+            since = clock.start(marks)
             atomics.wait(phase, threads)
+            clock.lap(marks, _WAIT_TWO, since)
             if not (grads_ok[i].all() and params_ok[i].all()):
                 break
+        clock.lap(marks, WHOLE, began)
     # Every thread stopped at the same batch; record it. As in the per-layer path, the
     # parameters (not the optimizer state) are restored when anything was non-finite.
     for batch in range(first, first + count):

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import blas as _blas
 from ..numpy.dropout import threshold_and_scale
-from . import dense_step
+from . import clock, dense_step
 from .scalar import CODES
 from .small_gemm import SMALL_GEMM_MAX_BYTES
 
@@ -77,6 +77,7 @@ class DenseTrainer:
         self.gemm = ctypes.cast(gemm, ctypes.c_void_p).value  # the kernel calls it by address
         self.ilp64 = blas.ilp64
         self.status = np.zeros(3, np.int64)
+        self.phase_ticks = np.zeros((self.threads, 0), np.int64)  # not timed; see ``record_phases``
         self.block_loss = np.zeros((0, self.threads))
         self._reserve(1)  # grown to the largest chunk of batches a call asks for
 
@@ -97,6 +98,25 @@ class DenseTrainer:
         dtype serves cross-entropy and MSE (each build took ~40 s to compile)."""
         targets = np.asarray(targets)
         return np.ascontiguousarray(X), np.ascontiguousarray(targets.reshape(len(targets), -1), np.float64)
+
+    def record_phases(self) -> None:
+        """From now on, time where each thread's time goes (``phase_seconds``), from zero. Costs a
+        cycle-counter read per phase, ~20 a step; the results are the same bits."""
+        self.phase_ticks = np.zeros((self.threads, len(dense_step.PHASES) + 1), np.int64)
+
+    def phase_seconds(self) -> dict[str, np.ndarray]:
+        """Seconds per thread (arrays of ``threads``) in each of ``dense_step.PHASES`` since
+        ``record_phases``, then "other" (the rest of the thread's time in the kernel: claiming
+        tasks, loop bookkeeping, the parallel launch) and "whole"."""
+        if self.phase_ticks.shape[1] == 0:
+            raise RuntimeError("phases are not being recorded: call record_phases() before run()")
+        ticks = self.phase_ticks.astype(np.float64)
+        rate = clock.ticks_per_second()
+        seconds = {name: ticks[:, k] / rate for k, name in enumerate(dense_step.PHASES)}
+        whole = ticks[:, dense_step.WHOLE] / rate
+        seconds["other"] = whole - sum(seconds.values())
+        seconds["whole"] = whole
+        return seconds
 
     def __enter__(self) -> DenseTrainer:
         """For the whole of a training run: BLAS on one thread, since each row block calls GEMM
@@ -127,7 +147,7 @@ class DenseTrainer:
                                  self.nobias, self.gemm, self.ilp64, rule, hyper, first_state, second_state,
                                  optimizer.steps, snapshot, batch_losses, batch_correct, self.status, self.sync,
                                  self.block_loss, self.block_correct, self.checks, self.drop_keys, self.drop_scales,
-                                 np.uint64(dropout_step), self.norm_eps, self.keep)
+                                 np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
@@ -146,4 +166,4 @@ class DenseTrainer:
                                  self.nobias, self.gemm, self.ilp64, dense_step.RULES["none"], none, snapshot,
                                  snapshot, 0, snapshot, loss, correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
-                                 np.uint64(dropout_step), self.norm_eps, self.keep)
+                                 np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks)
