@@ -5,9 +5,14 @@ with ``lax.scan``) and a hand-vectorised NumPy loop, as ratios measured in one r
 ``--net large``: a 784-1024-1024-10 MLP on 8192 synthetic MNIST-sized samples, batch 256.
 ReLU, softmax cross-entropy, SGD (lr 0.1), float32, shuffled each epoch. Each contender trains
 ``--epochs`` epochs per repeat; the median samples/s of the repeats is reported after one
-warm-up repeat (which also compiles JAX's epoch). The peers are those of ``fastnn.bench.peers``,
-each optional and in a process of its own; PyTorch uses the same thread count as NumPy's BLAS,
-JAX (XLA) its own thread pool over every core.
+warm-up repeat. The peers are those of ``fastnn.bench.peers``, each optional and in a process of
+its own, started (and compiled) before the first round; PyTorch uses the same thread count as
+NumPy's BLAS, JAX (XLA) its own thread pool over every core.
+
+The contenders take turns: each round runs one repeat of every contender, one after the other,
+so that a slow spell of the machine (these are VMs sharing their host: the same fit runs at
+420k or 800k samples/s from one second to the next) falls on all of them alike. Besides the
+medians, each ratio to fastnn is given as its range over the rounds.
 
     python benchmarks/training.py [--backend numpy] [--net digits] [--epochs 20] [--repeats 5] [--busy]
                                   [--dropout P] [--layer-norm] [--compiled]
@@ -21,10 +26,11 @@ as when a machine is shared, which is where waiting threads must give way rather
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -88,22 +94,54 @@ def numpy_loop_samples_per_s(X, y, epochs):
     return n * epochs / (time.perf_counter() - started)
 
 
-def peer_repeats(name, X, y, epochs, threads, repeats, net, dropout=0.0, layer_norm=False) -> list[float]:
-    """Samples/s of each of ``repeats`` runs of ``epochs`` epochs of peer ``name`` (see
-    ``fastnn.bench.peers``), after one more run, not counted, in which it compiles and warms up;
-    [] where it is not installed. Meant for a process of its own (as every peer is run here)."""
-    if peers.missing(name) is not None:
-        return []
+def _serve_peer(connection, name, X, y, epochs, threads, net, dropout, layer_norm) -> None:
+    """A peer's process: start its session (compiling what it compiles, in an untimed run of
+    ``epochs`` epochs), say so, then time ``epochs`` epochs each time it is asked, until None."""
     sizes, batch = NETS[net]
     session = peers.start(name, peers.Recipe(sizes, batch, LR, dropout=dropout, layer_norm=layer_norm,
                                              threads=threads), X, y)
-    rates = []
-    for _ in range(repeats + 1):
+    for _ in range(epochs):
+        session.epoch()
+    connection.send("ready")
+    while connection.recv() is not None:
         started = time.perf_counter()
         for _ in range(epochs):
             session.epoch()
-        rates.append(len(X) * epochs / (time.perf_counter() - started))
-    return rates[1:]
+        connection.send(len(X) * epochs / (time.perf_counter() - started))
+
+
+@contextlib.contextmanager
+def peer_processes(names, X, y, epochs, threads, net, dropout=0.0,
+                   layer_norm=False) -> Iterator[dict[str, Callable[[], float]]]:
+    """For each peer of ``names`` (see ``fastnn.bench.peers``), a process of its own, started
+    and compiled one after the other; yields ``{name: run}``, where ``run()`` times one repeat
+    there (samples/s) while this process waits."""
+    context = multiprocessing.get_context("spawn")
+    started = []
+    try:
+        runs = {}
+        for name in names:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_serve_peer, args=(theirs, name, X, y, epochs, threads, net, dropout,
+                                                                layer_norm), daemon=True)
+            process.start()
+            started.append((process, ours))
+            if ours.recv() != "ready":
+                raise RuntimeError(f"{name} did not start")
+
+            def run(connection=ours) -> float:
+                connection.send(epochs)
+                return connection.recv()
+
+            runs[name] = run
+        yield runs
+    finally:
+        for process, connection in started:
+            with contextlib.suppress(OSError):
+                connection.send(None)
+            process.join(10)
+            if process.is_alive():
+                process.kill()
 
 
 def step_flops_per_sample(sizes) -> int:
@@ -157,35 +195,43 @@ def main(argv=None) -> dict:
         X = rng.random((8192, LAYERS[0]), dtype=np.float32)
         y = rng.integers(0, LAYERS[-1], len(X))
     threads = blas_threads()
-    results: dict[str, list[float]] = {"fastnn": [], "numpy loop": []}
-    if args.backend != "numpy":
-        results["fastnn numpy"] = []  # the NumPy backend, the bar the other backends must clear
-    with busy_neighbour(args.busy):
-        for repeat in range(args.repeats + 1):  # repeat 0 warms up (BLAS threads, caches, JIT)
-            settle()
-            fast, loss = fastnn_samples_per_s(X, y, args.epochs, args.backend)
-            settle()
-            loop = numpy_loop_samples_per_s(X, y, args.epochs) if plain else None
-            if "fastnn numpy" in results:
+    # Each peer in a process of its own that waits while the others run: PyTorch's OpenMP
+    # workers keep spinning after each op and XLA keeps a pool over every core, and either would
+    # steal the second core from anything run beside them.
+    labels = {"torch": "torch eager", "torch.compile": "torch.compile", "jax jit+scan": "jax jit+scan",
+              "jax jit/step": "jax jit/step"}
+    wanted = [name for name in labels if peers.missing(name) is None
+              and not (name in peers.SLOW_TO_COMPILE and not args.compiled)
+              and not (name.startswith("jax") and not plain)]
+    final = {}
+
+    def fastnn_run() -> float:
+        rate, final["loss"] = fastnn_samples_per_s(X, y, args.epochs, args.backend)
+        return rate
+
+    contenders: dict[str, Callable[[], float]] = {"fastnn": fastnn_run}
+    if plain:
+        contenders["numpy loop"] = lambda: numpy_loop_samples_per_s(X, y, args.epochs)
+    if args.backend != "numpy":  # the NumPy backend, the bar the other backends must clear
+        contenders["fastnn numpy"] = lambda: fastnn_samples_per_s(X, y, args.epochs, "numpy")[0]
+    results: dict[str, list[float]] = {name: [] for name in [*contenders, *(labels[n] for n in wanted)]}
+    with busy_neighbour(args.busy), peer_processes(wanted, X, y, args.epochs, threads, args.net, DROPOUT,
+                                                   LAYER_NORM) as peer_runs:
+        contenders.update({labels[name]: run for name, run in peer_runs.items()})
+        for repeat in range(args.repeats + 1):  # round 0 warms up (BLAS threads, caches, JIT)
+            for name, run in contenders.items():
                 settle()
-                reference, _ = fastnn_samples_per_s(X, y, args.epochs, "numpy")
-            if repeat:
-                results["fastnn"].append(fast)
-                if loop is not None:
-                    results["numpy loop"].append(loop)
-                if "fastnn numpy" in results:
-                    results["fastnn numpy"].append(reference)
-        # The peers run afterwards, each in a child process while this one waits: PyTorch's OpenMP
-        # workers keep spinning after each op and XLA keeps a pool over every core, and either
-        # would steal the second core from anything run beside them.
-        for name, label in (("torch", "torch eager"), ("torch.compile", "torch.compile"),
-                            ("jax jit+scan", "jax jit+scan"), ("jax jit/step", "jax jit/step")):
-            if (name in peers.SLOW_TO_COMPILE and not args.compiled) or (name.startswith("jax") and not plain):
-                continue
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results[label] = pool.submit(peer_repeats, name, X, y, args.epochs, threads, args.repeats,
-                                             args.net, DROPOUT, LAYER_NORM).result()
+                rate = run()
+                if repeat:
+                    results[name].append(rate)
+    loss = final["loss"]
     medians = {name: statistics.median(v) for name, v in results.items() if v}
+
+    def ratio(name: str) -> str:
+        """fastnn's median over ``name``'s, and the range of the ratio within each round."""
+        rounds = [f / o for f, o in zip(results["fastnn"], results[name])]
+        return f"{medians['fastnn'] / medians[name]:.2f}x (rounds {min(rounds):.2f}-{max(rounds):.2f}x)"
+
     print(f"{args.net} {'-'.join(map(str, LAYERS))}, batch {BATCH}, float32, "
           f"{args.epochs} epochs x {args.repeats} repeats, "
           f"{threads} BLAS thread(s); fastnn backend {args.backend!r}, final loss {loss:.4f}"
@@ -197,22 +243,22 @@ def main(argv=None) -> dict:
             print(f"  {name:13s} median {medians[name]:>10,.0f} samples/s  "
                   f"(min {min(values):,.0f}, max {max(values):,.0f})")
     if "torch eager" in medians:
-        print(f"  fastnn / torch eager  = {medians['fastnn'] / medians['torch eager']:.2f}x")
+        print(f"  fastnn / torch eager  = {ratio('torch eager')}")
         if "numpy loop" in medians:
             print(f"  numpy loop / torch    = {medians['numpy loop'] / medians['torch eager']:.2f}x")
     else:
         print(f"  PyTorch comparison skipped: {peers.missing('torch')}")
     if "jax jit+scan" in medians:
-        print(f"  fastnn / jax jit+scan = {medians['fastnn'] / medians['jax jit+scan']:.2f}x")
+        print(f"  fastnn / jax jit+scan = {ratio('jax jit+scan')}")
     elif plain:
         print(f"  JAX comparison skipped: {peers.missing('jax jit+scan')}")
     for name in ("torch.compile", "jax jit/step"):
         if name in medians:
-            print(f"  fastnn / {name:12s}= {medians['fastnn'] / medians[name]:.2f}x")
+            print(f"  fastnn / {name:12s}= {ratio(name)}")
     if "numpy loop" in medians:
-        print(f"  fastnn / numpy loop   = {medians['fastnn'] / medians['numpy loop']:.2f}x")
+        print(f"  fastnn / numpy loop   = {ratio('numpy loop')}")
     if "fastnn numpy" in medians:
-        print(f"  fastnn / numpy backend = {medians['fastnn'] / medians['fastnn numpy']:.2f}x")
+        print(f"  fastnn / numpy backend = {ratio('fastnn numpy')}")
     if args.net == "large":  # issue 13: the step's arithmetic rate against the machine's own GEMM
         settle()
         peak = gemm_gflops()
