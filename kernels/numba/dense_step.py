@@ -6,8 +6,8 @@ small network (`python benchmarks/step_anatomy.py`). Here a chunk of mini-batche
 one call: gather, forward (GEMM, then the fused bias+activation pass), the loss (softmax
 cross-entropy on labels, or MSE), backward, the gradient reduction, the NaN/inf guard and the
 optimizer update. A layer's GEMMs run on the register-tiled JIT kernel of ``small_gemm`` when its
-weights are small (the forward then reads a transposed copy of them, ``wt``, refreshed after every
-update), and on NumPy's own OpenBLAS, called from the kernel, when they are not.
+weights are small (the forward then reads a transposed copy of them, ``wt``), and on NumPy's own
+OpenBLAS, called from the kernel, when they are not.
 
 Each batch is split into one row block per thread: every block runs the whole forward and
 backward on its rows with single-threaded GEMMs and writes its own weight gradients; then each
@@ -19,11 +19,18 @@ late has its work done by the other, and since each block and slice has its own 
 whoever runs it, results match the per-kernel path to rounding (the batch sum is split in two)
 and are the same bits for a given batch split, however many threads actually run.
 
+Each row block makes its own transposed copy of the weights (a row of ``wt``) before its forward:
+a thread then writes and reads its copy in its own cache. When each thread refreshed the part of
+one shared copy its slice of the parameters covered, after the update, every step moved those
+cache lines from one core to the other and back; per-block copies ran a digits fit 1.16x and
+1.28x faster (medians of two A/B runs of 8 alternating rounds in fresh processes, per-round
+ratios 0.92-2.29x; AMD EPYC Zen 4, the ad hoc script named in issue 13's note).
+
 Layer table ``layers`` (int64, one row per layer), offsets in elements:
 ``[in, out, activation code, weight offset, bias offset or -1, z offset, y offset, dz offset,
 transposed-weight offset or -1, dy offset]`` (weights and biases in the flat parameter buffer;
-z, y, dz and dL/dy in a thread's row of ``work``; the transposed weights ``(in, out)`` in ``wt``;
--1: BLAS for this layer).
+z, y, dz and dL/dy in a thread's row of ``work``; the transposed weights ``(in, out)`` in a row
+of ``wt``; -1: BLAS for this layer).
 """
 
 from __future__ import annotations
@@ -57,11 +64,11 @@ RULES = {"sgd": _SGD, "adam": _ADAM, "none": _NONE}
 # Where a step's time goes, per thread, when the caller asks (``phase_ticks``): cycle-counter
 # ticks (``clock``) summed over a call into these slots, then the whole of the thread's time in
 # the call (anything not in a slot: claiming tasks, loop bookkeeping, the parallel launch).
-PHASES = ("gather inputs", "forward GEMMs", "bias + activation", "loss", "activation backward", "backward GEMMs",
-          "bias gradients", "wait after phase one", "gradient sum + check", "snapshot + update", "transpose weights",
+PHASES = ("transpose weights", "gather inputs", "forward GEMMs", "bias + activation", "loss", "activation backward",
+          "backward GEMMs", "bias gradients", "wait after phase one", "gradient sum + check", "snapshot + update",
           "wait after phase two")
-(_GATHER, _FORWARD_GEMM, _BIAS_ACTIVATION, _LOSS, _ACTIVATION_BACKWARD, _BACKWARD_GEMM, _BIAS_GRADIENT, _WAIT_ONE,
- _GRADIENT_SUM, _UPDATE, _TRANSPOSE, _WAIT_TWO) = range(len(PHASES))
+(_TRANSPOSE, _GATHER, _FORWARD_GEMM, _BIAS_ACTIVATION, _LOSS, _ACTIVATION_BACKWARD, _BACKWARD_GEMM, _BIAS_GRADIENT,
+ _WAIT_ONE, _GRADIENT_SUM, _UPDATE, _WAIT_TWO) = range(len(PHASES))
 WHOLE = len(PHASES)  # the slot with the thread's whole time
 
 _FLAGS = {"cache": True, "error_model": "numpy", "boundscheck": False}
@@ -423,34 +430,23 @@ def add_all_finite(grads, source):
 
 @njit(**_FLAGS)
 @stamped
-def transpose_weights(params, wt, layers, lo, hi):
-    """wt = W.T for the weights of ``params[lo:hi]`` of every layer that has a transposed copy
-    (a thread refreshes the part of the copies its slice of the parameters covers). The rows of
-    W the slice holds whole are copied as one band of columns of the copy, tile by tile."""
+def transpose_weights(params, wt, layers):
+    """wt = W.T for every layer that has a transposed copy (``layers[l, 8] >= 0``), in square
+    tiles transposed in registers (``simd.transpose_tile``); an element loop read W a column at a
+    time (2.1 vs 1.0 us for half the digits net)."""
     itemsize = params.itemsize
     tile = simd.VECTOR_BYTES // itemsize
     one = like(params[0], 1.0)
     for layer in range(layers.shape[0]):
         n_in, n_out, w_off, wt_off = layers[layer, 0], layers[layer, 1], layers[layer, 3], layers[layer, 8]
-        first = max(lo, w_off) - w_off
-        stop = min(hi, w_off + n_in * n_out) - w_off
-        if wt_off < 0 or first >= stop:
+        if wt_off < 0:
             continue
-        whole_from = min((first + n_in - 1) // n_in, stop // n_in)  # rows [whole_from, whole_to) are whole
-        whole_to = max(stop // n_in, whole_from)
-        for e in range(first, min(whole_from * n_in, stop)):  # the partial row before them
-            wt[wt_off + (e % n_in) * n_out + e // n_in] = params[w_off + e]
-        # The band in square tiles transposed in registers (``simd.transpose_tile``); an element
-        # loop over the band read W a column at a time (2.1 vs 1.0 us for half the digits net).
-        band = whole_to - whole_from
-        source = params.ctypes.data + (w_off + whole_from * n_in) * itemsize
-        destination = wt.ctypes.data + (wt_off + whole_from) * itemsize
-        for o in range(0, band, tile):
+        source = params.ctypes.data + w_off * itemsize
+        destination = wt.ctypes.data + wt_off * itemsize
+        for o in range(0, n_out, tile):
             for i in range(0, n_in, tile):
                 simd.transpose_tile(source + (o * n_in + i) * itemsize, n_in, destination + (i * n_out + o) * itemsize,
-                                    n_out, min(tile, band - o), min(tile, n_in - i), one)
-        for e in range(max(whole_to * n_in, first), stop):  # the partial row after them
-            wt[wt_off + (e % n_in) * n_out + e // n_in] = params[w_off + e]
+                                    n_out, min(tile, n_out - o), min(tile, n_in - i), one)
 
 
 @njit(inline="always", **_FLAGS)
@@ -474,12 +470,16 @@ def _row_blocks(rows, threads):
 def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work, layers, alphas,
                 nobias, gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps,
                 keep, marks):
-    """Phase one of a batch, task ``t``: forward and backward of row block ``t`` into its own
-    gradient buffer (``grads`` for block 0, ``partial[t - 1]`` for the others)."""
+    """Phase one of a batch, task ``t``: the block's transposed weights ``wt[t]``, then forward
+    and backward of row block ``t`` into its own gradient buffer (``grads`` for block 0,
+    ``partial[t - 1]`` for the others)."""
     lo = start + t * block
     hi = min(lo + block, stop)
     target = grads if t == 0 else partial[t - 1]
-    block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, labels, order[lo:hi], params, wt, target,
+    since = clock.start(marks)
+    transpose_weights(params, wt[t], layers)
+    clock.lap(marks, _TRANSPOSE, since)
+    block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, labels, order[lo:hi], params, wt[t], target,
                                                              work[t], layers, alphas, nobias, gemm, ilp64, inv_n,
                                                              drop_keys, drop_scales, drop_step, lo - start, norm_eps,
                                                              keep[t], marks)
@@ -487,11 +487,11 @@ def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, gr
 
 @njit(**_FLAGS)
 @stamped
-def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyper, state1, state2, step, snapshot,
-                grads_ok, params_ok, marks):
+def _slice_task(c, slices, blocks, params, grads, partial, rule, hyper, state1, state2, step, snapshot, grads_ok,
+                params_ok, marks):
     """Phase two of a batch, task ``c``: over slice ``c`` of the parameters, sum the blocks'
-    gradients in a fixed order and check them, keep a copy of the parameters, update them,
-    check them and refresh their part of the transposed weights."""
+    gradients in a fixed order and check them, keep a copy of the parameters, update them and
+    check them."""
     lo, hi = _slice(c, slices, params.size)
     if lo < hi:
         since = clock.start(marks)
@@ -503,9 +503,7 @@ def _slice_task(c, slices, blocks, params, wt, grads, partial, layers, rule, hyp
         _update(rule, hyper, params[lo:hi], grads[lo:hi], state1[lo:hi], state2[lo:hi], step)
         grads_ok[c] = ok
         params_ok[c] = all_finite(params[lo:hi])
-        since = clock.lap(marks, _UPDATE, since)
-        transpose_weights(params, wt, layers, lo, hi)
-        clock.lap(marks, _TRANSPOSE, since)
+        clock.lap(marks, _UPDATE, since)
 
 
 @njit(parallel=True, **_FLAGS)
@@ -531,6 +529,7 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
     layer, the data's dtype) and ``drop_step`` (uint64, the global step of batch ``first``; batch
     ``first + i`` draws the masks of step ``drop_step + i``). LayerNorm: ``norm_eps`` (float64,
     per layer). ``keep`` (uint8, a row per thread): the kept-or-dropped bytes of each dropout layer.
+    ``wt`` (a row per thread): each row block's transposed weights.
 
     ``phase_ticks`` (int64, ``(threads, len(PHASES) + 1)`` or ``(threads, 0)``: not timed): where
     each thread's time went, added to it in cycle-counter ticks (``PHASES``; slot ``WHOLE``: all).
@@ -547,7 +546,6 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
     checks[:, :count] = True  # (a slice with no parameters writes nothing)
     grads_ok, params_ok = checks[0], checks[1]
     status[0], status[1], status[2] = 0, OK, 0
-    transpose_weights(params, wt, layers, 0, params.size)
     for worker in prange(threads):
         marks = phase_ticks[worker]
         began = clock.start(marks)
@@ -576,8 +574,8 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
             for k in range(threads):
                 c = (worker + k) % threads
                 if atomics.claim(phase, c):
-                    _slice_task(c, threads, blocks, params, wt, grads, partial, layers, rule, hyper, state1, state2,
-                                step + i + 1, snapshot, grads_ok[i], params_ok[i], marks)
+                    _slice_task(c, threads, blocks, params, grads, partial, rule, hyper, state1, state2, step + i + 1,
+                                snapshot, grads_ok[i], params_ok[i], marks)
                     atomics.finish(phase)
             since = clock.start(marks)
             atomics.wait(phase, threads)

@@ -27,7 +27,7 @@ class DenseTrainer:
     a byte per element in ``keep``), and for a layer with LayerNorm its output, statistics and
     gradient) and,
     but the first, its own gradient buffer. Layers whose weights are small get the JIT GEMM and a
-    slot in ``transposed_weights`` (see ``dense_step``)."""
+    slot in each block's row of ``transposed_weights`` (see ``dense_step``)."""
 
     def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
         self.params = params
@@ -71,7 +71,7 @@ class DenseTrainer:
         self.alphas = np.array([0.0 if layer.alpha is None else layer.alpha for layer in plan.layers], plan.dtype)
         self.nobias = np.zeros(max(layer.out_features for layer in plan.layers), plan.dtype)
         self.work = backend.empty((self.threads, offset), plan.dtype)
-        self.transposed_weights = backend.empty((max(transposed, 1),), plan.dtype)
+        self.transposed_weights = backend.empty((self.threads, max(transposed, 1)), plan.dtype)
         self.partial = backend.zeros((max(self.threads - 1, 1), params.size), plan.dtype)  # padding stays 0
         gemm = blas.sgemm if plan.dtype == np.float32 else blas.dgemm
         self.gemm = ctypes.cast(gemm, ctypes.c_void_p).value  # the kernel calls it by address
