@@ -223,12 +223,15 @@ def warmup(args: argparse.Namespace) -> int:
             _run_every_kernel(backend, dtype)
             done(f"{build} {np.dtype(dtype).name} kernels")
     # a short fit per dtype and optimizer rule: a backend that runs whole steps in one kernel
-    # (numba's dense_trainer) compiles that kernel too
+    # (numba's dense_trainer) compiles that kernel too, and the passes of every activation it
+    # compiles apart (a hidden layer for each)
+    from .activations import ACTIVATIONS
+
     labels = np.array([0, 1, 2, 0])
     for dtype in (np.float32, np.float64):
         for optimizer in (SGD(0.1), Adam(0.01)):
-            net = Network([Linear(6, 3, "relu", dtype=dtype, backend=backend),
-                           Linear(3, 3, dtype=dtype, backend=backend)])
+            net = Network([*(Linear(6, 6, name, dtype=dtype, backend=backend) for name in ACTIVATIONS),
+                           Linear(6, 3, dtype=dtype, backend=backend)])
             net.fit(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6), labels, "cross_entropy", optimizer,
                     epochs=1, batch_size=4, progress=False)
             done(f"whole training step, {np.dtype(dtype).name}, {type(optimizer).__name__}")

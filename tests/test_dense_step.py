@@ -15,6 +15,7 @@ import pytest
 import fastnn
 import reference
 from fastnn.dense_plan import dense_plan
+from fastnn.kernels.numba import by_address
 from fastnn.training import NonFiniteError
 
 pytestmark = pytest.mark.skipif(fastnn.available_backends()["numba"] is not None, reason="numba unusable")
@@ -332,11 +333,20 @@ def test_numpys_openblas_is_found_with_its_integer_width():
     np.testing.assert_array_equal(c, a @ b)
 
 
+@numba.njit
+def _call_forward(address, z, bias, y, alpha):
+    by_address.call_forward(address, z, bias, y, alpha)
+
+
+@numba.njit
+def _call_backward(address, dy, z, y, dz, alpha):
+    by_address.call_backward(address, dy, z, y, dz, alpha)
+
+
 @pytest.mark.parametrize("activation", list(fastnn.activations.ACTIVATIONS))
 def test_the_per_layer_passes_match_the_reference(activation, dtype):
-    """bias_activation and activation_backward, including NaN and +-inf."""
-    from fastnn.kernels.numba import dense_step
-    from fastnn.kernels.numba.scalar import CODES
+    """The passes the kernel calls by address (``by_address``), called from jitted code
+    as the kernel does: bias + activation and activation backward, including NaN and +-inf."""
 
     rng = np.random.default_rng(0)
     z0 = rng.standard_normal((5, 7)) * 3
@@ -345,14 +355,15 @@ def test_the_per_layer_passes_match_the_reference(activation, dtype):
     bias[:3] = 0
     alpha = fastnn.activations.resolve(activation)[1]
     z, y = z0.astype(dtype), np.empty((5, 7), dtype)
-    dense_step.bias_activation(CODES.index(activation), z, bias.astype(dtype), y, dtype.type(alpha or 0.0))
+    scalar_alpha = dtype.type(alpha or 0.0)
+    _call_forward(by_address.forward_address(activation, dtype), z, bias.astype(dtype), y, scalar_alpha)
     tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
     z_ref = z0.astype(dtype).astype(np.float64) + bias.astype(dtype)
     np.testing.assert_allclose(z, z_ref, **tol)
     np.testing.assert_allclose(y, reference.forward(activation, z_ref, alpha), **tol)
     dy = rng.standard_normal((5, 7)).astype(dtype)
     dz = np.full_like(dy, np.nan)
-    dense_step.activation_backward(CODES.index(activation), dy, z, y, dz, dtype.type(alpha or 0.0))
+    _call_backward(by_address.backward_address(activation, dtype), dy, z, y, dz, scalar_alpha)
     expected = dy.astype(np.float64) * reference.derivative(activation, z.astype(np.float64), alpha)
     if activation == "identity":
         expected = dy.astype(np.float64)

@@ -44,6 +44,17 @@ def test_a_second_process_loads_compiled_kernels_from_the_cache():
     assert (hits, misses) == ("1", "0")
 
 
+def test_a_second_process_loads_the_kernels_called_by_address_from_the_cache():
+    """The whole-step kernel's passes and small GEMM (``by_address``, C functions) are cached too."""
+    code = ("import numpy as np\n"
+            "from fastnn.kernels.numba import by_address as b\n"
+            "b.forward_address('tanh', np.dtype('float32')), b.backward_address('tanh', np.dtype('float32'))\n"
+            "b.small_gemm_address(np.dtype('float64'))\n"
+            "print(len(b.BUILT), sum(f.cache_hits for f in b.BUILT.values()))\n")
+    _python(code)  # compiles (or loads) and writes the cache
+    assert _python(code).split() == ["3", "3"]
+
+
 def test_size_picks_the_serial_or_parallel_build():
     from fastnn.kernels.numba import jit
 

@@ -11,9 +11,10 @@ from .numpy_backend import NumpyBackend
 class NumbaBackend(NumpyBackend):
     name = "numba"
     compiles = True
-    # a digits fit from an empty cache: 40-44 s on an AMD EPYC (Zen 4) and 30-66 s on an Intel
-    # Xeon (family 6 model 207), 2 vCPUs each; nearly all of it the whole-step kernel
-    compile_estimate = "roughly 30-60 s on 2 cores"
+    # a digits fit from an empty cache: 27.7 s on an AMD EPYC (Zen 4), 2 vCPUs (42 s before the
+    # passes were compiled apart, when an Intel Xeon, family 6 model 207, took 30-66 s); nearly
+    # all of it the whole-step kernel
+    compile_estimate = "roughly 25-50 s on 2 cores"
 
     def __init__(self) -> None:
         # Imported here, not at module level, so that even importing this module compiles and

@@ -30,7 +30,11 @@ Layer table ``layers`` (int64, one row per layer), offsets in elements:
 ``[in, out, activation code, weight offset, bias offset or -1, z offset, y offset, dz offset,
 transposed-weight offset or -1, dy offset]`` (weights and biases in the flat parameter buffer;
 z, y, dz and dL/dy in a thread's row of ``work``; the transposed weights ``(in, out)`` in a row
-of ``wt``; -1: BLAS for this layer).
+of ``wt``; -1: BLAS for this layer); columns 10-17 for dropout and LayerNorm (see
+``_rows_forward_backward``); then the addresses of the layer's bias + activation pass and its
+activation backward, for a LayerNorm layer that of the identity's pass, which adds its bias, and
+for a layer on the JIT GEMM that of ``small_gemm`` (``by_address``: C functions compiled apart,
+only for the activations used).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ..blas import NO_TRANS, ROW_MAJOR, TRANS
-from . import atomics, clock, elementwise, simd, small_gemm
+from . import atomics, clock, simd
+from .by_address import call_backward, call_forward, call_small_gemm
 from .dropout import masked_copy
 from .jit import stamped
 from .losses import row_exp
@@ -52,7 +57,7 @@ from .normalization import layer_norm as _layer_norm_builds
 from .normalization import layer_norm_dx as _layer_norm_dx_builds
 from .normalization import layer_norm_params as _layer_norm_params_builds
 from .optimizers import adam, sgd
-from .scalar import CODES, ELU, GELU, GELU_TANH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, SOFTPLUS, TANH, like
+from .scalar import like
 
 # Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
 OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
@@ -122,75 +127,6 @@ def _gemm(address, ilp64, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, one
         _gemm64(address, ROW_MAJOR, trans_a, trans_b, m, n, k, one, a, lda, b, ldb, zero, c, ldc)
     else:
         _gemm32(address, ROW_MAJOR, trans_a, trans_b, m, n, k, one, a, lda, b, ldb, zero, c, ldc)
-
-
-# --- per-layer elementwise passes: the per-activation kernels of ``elementwise`` -----------------
-# Each is specialised on its activation (a run-time code inside the element loop would keep it
-# from vectorising), so the code is tested here, once per layer; the kernels and their on-disk
-# cache entries are the ones the per-layer path uses.
-
-_FORWARD = tuple(elementwise.bias_activation[name][0] for name in CODES)
-_BACKWARD = tuple(elementwise.backward[name][0] for name in CODES)
-(_fw_identity, _fw_relu, _fw_leaky_relu, _fw_sigmoid, _fw_tanh, _fw_gelu, _fw_gelu_tanh, _fw_silu, _fw_softplus,
- _fw_elu) = _FORWARD
-(_bw_identity, _bw_relu, _bw_leaky_relu, _bw_sigmoid, _bw_tanh, _bw_gelu, _bw_gelu_tanh, _bw_silu, _bw_softplus,
- _bw_elu) = _BACKWARD
-
-
-@njit(**_FLAGS)
-@stamped
-def bias_activation(code, z, bias, y, alpha):
-    """z += bias, y = g(z); z, y (rows, cols). A branch per code, not a table: jitted code cannot
-    index a tuple of distinct jitted functions at run time and stay cacheable, and the code must
-    reach each kernel as a compile-time constant for its loop to vectorise."""
-    if code == RELU:
-        _fw_relu(z, bias, y, alpha)
-    elif code == LEAKY_RELU:
-        _fw_leaky_relu(z, bias, y, alpha)
-    elif code == SIGMOID:
-        _fw_sigmoid(z, bias, y, alpha)
-    elif code == TANH:
-        _fw_tanh(z, bias, y, alpha)
-    elif code == GELU:
-        _fw_gelu(z, bias, y, alpha)
-    elif code == GELU_TANH:
-        _fw_gelu_tanh(z, bias, y, alpha)
-    elif code == SILU:
-        _fw_silu(z, bias, y, alpha)
-    elif code == SOFTPLUS:
-        _fw_softplus(z, bias, y, alpha)
-    elif code == ELU:
-        _fw_elu(z, bias, y, alpha)
-    else:
-        _fw_identity(z, bias, y, alpha)
-
-
-@njit(**_FLAGS)
-@stamped
-def activation_backward(code, dy, z, y, dz, alpha):
-    """dz = dy * g'(z); all (rows, cols), dz a buffer of its own: written in place over dy, the
-    loop ran 4x slower (LLVM's overlap check fails and it falls back to scalar code)."""
-    d, zf, yf, out = dy.reshape(dy.size), z.reshape(z.size), y.reshape(y.size), dz.reshape(dz.size)
-    if code == RELU:
-        _bw_relu(d, zf, yf, out, alpha)
-    elif code == LEAKY_RELU:
-        _bw_leaky_relu(d, zf, yf, out, alpha)
-    elif code == SIGMOID:
-        _bw_sigmoid(d, zf, yf, out, alpha)
-    elif code == TANH:
-        _bw_tanh(d, zf, yf, out, alpha)
-    elif code == GELU:
-        _bw_gelu(d, zf, yf, out, alpha)
-    elif code == GELU_TANH:
-        _bw_gelu_tanh(d, zf, yf, out, alpha)
-    elif code == SILU:
-        _bw_silu(d, zf, yf, out, alpha)
-    elif code == SOFTPLUS:
-        _bw_softplus(d, zf, yf, out, alpha)
-    elif code == ELU:
-        _bw_elu(d, zf, yf, out, alpha)
-    else:
-        _bw_identity(d, zf, yf, out, alpha)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"reassoc"})
@@ -307,13 +243,13 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
     since = clock.lap(marks, _GATHER, since)
     a = x
     for layer in range(n_layers):
-        n_in, n_out, code, w_off, b_off, z_off, y_off = layers[layer, :7]
+        n_in, n_out, _, w_off, b_off, z_off, y_off = layers[layer, :7]
         wt_off = layers[layer, 8]
         z = _view(work, z_off, rows, n_out)
         y = _view(work, y_off, rows, n_out)
         if wt_off >= 0:  # z = a @ W.T, W.T (in, out) row-major
-            small_gemm.gemm(a.ctypes.data, n_in, 1, wt.ctypes.data + wt_off * itemsize, n_out, z.ctypes.data, n_out,
-                            rows, n_out, n_in, one)
+            call_small_gemm(layers[layer, 21], a.ctypes.data, n_in, 1, wt.ctypes.data + wt_off * itemsize, n_out,
+                            z.ctypes.data, n_out, rows, n_out, n_in)
         else:
             _gemm(gemm, ilp64, NO_TRANS, TRANS, rows, n_out, n_in, a.ctypes.data, n_in,
                   params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
@@ -321,15 +257,15 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
         bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
         if layers[layer, 12] >= 0:
             u = _view(work, layers[layer, 12], rows, n_out)
-            bias_activation(IDENTITY, z, bias, u, alphas[layer])  # z += bias
+            call_forward(layers[layer, 20], z, bias, u, alphas[layer])  # z += bias (the identity's pass)
             w_off_n, b_off_n = layers[layer, 16], layers[layer, 17]
             _layer_norm(z, params[w_off_n:w_off_n + n_out] if w_off_n >= 0 else nobias[:1],
                         params[b_off_n:b_off_n + n_out] if b_off_n >= 0 else nobias[:1], w_off_n >= 0, b_off_n >= 0,
                         norm_eps[layer], u, work[layers[layer, 13]:layers[layer, 13] + rows],
                         work[layers[layer, 14]:layers[layer, 14] + rows])
-            bias_activation(code, u, nobias[:n_out], y, alphas[layer])
+            call_forward(layers[layer, 18], u, nobias[:n_out], y, alphas[layer])
         else:
-            bias_activation(code, z, bias, y, alphas[layer])
+            call_forward(layers[layer, 18], z, bias, y, alphas[layer])
         a = y
         if layers[layer, 10] >= 0:
             a = _view(work, layers[layer, 10], rows, n_out)
@@ -344,7 +280,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
     since = clock.lap(marks, _LOSS, since)
 
     for layer in range(last, -1, -1):
-        n_in, n_out, code, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer, :10]
+        n_in, n_out, _, w_off, b_off, z_off, y_off, d_off, wt_off, g_off = layers[layer, :10]
         z = _view(work, z_off, rows, n_out)
         y = _view(work, y_off, rows, n_out)
         dz = _view(work, d_off, rows, n_out)
@@ -358,7 +294,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
                 flat[e] *= scale if kept[e] else zero
         if layers[layer, 12] >= 0:  # through the activation to LN(z), then through the norm to z
             du = _view(work, layers[layer, 15], rows, n_out)
-            activation_backward(code, dy, _view(work, layers[layer, 12], rows, n_out), y, du, alphas[layer])
+            call_backward(layers[layer, 19], dy, _view(work, layers[layer, 12], rows, n_out), y, du, alphas[layer])
             w_off_n, b_off_n = layers[layer, 16], layers[layer, 17]
             mean = work[layers[layer, 13]:layers[layer, 13] + rows]
             rstd = work[layers[layer, 14]:layers[layer, 14] + rows]
@@ -368,12 +304,15 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
                                grads[b_off_n:b_off_n + n_out] if b_off_n >= 0 else nobias[:1], w_off_n >= 0,
                                b_off_n >= 0)
         else:
-            activation_backward(code, dy, z, y, dz, alphas[layer])
+            # dz a buffer of its own: written in place over dy, the loop ran 4x slower (LLVM's
+            # overlap check fails and it falls back to scalar code)
+            call_backward(layers[layer, 19], dy, z, y, dz, alphas[layer])
         since = clock.lap(marks, _ACTIVATION_BACKWARD, since)
         a_prev = x if layer == 0 else _view(work, _output_offset(layers, layer - 1), rows, n_in)
         w_grad = grads.ctypes.data + w_off * itemsize
         if wt_off >= 0:  # dW = dz.T @ a_prev: dz.T is dz read with swapped strides
-            small_gemm.gemm(dz.ctypes.data, 1, n_out, a_prev.ctypes.data, n_in, w_grad, n_in, n_out, n_in, rows, one)
+            call_small_gemm(layers[layer, 21], dz.ctypes.data, 1, n_out, a_prev.ctypes.data, n_in, w_grad, n_in, n_out,
+                            n_in, rows)
         else:
             _gemm(gemm, ilp64, TRANS, NO_TRANS, n_out, n_in, rows, dz.ctypes.data, n_out, a_prev.ctypes.data, n_in,
                   w_grad, n_in, one)
@@ -389,7 +328,8 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
             da = _view(work, layers[layer - 1, 9], rows, n_in)
             weights = params.ctypes.data + w_off * itemsize
             if wt_off >= 0:  # da = dz @ W
-                small_gemm.gemm(dz.ctypes.data, n_out, 1, weights, n_in, da.ctypes.data, n_in, rows, n_in, n_out, one)
+                call_small_gemm(layers[layer, 21], dz.ctypes.data, n_out, 1, weights, n_in, da.ctypes.data, n_in, rows,
+                                n_in, n_out)
             else:
                 _gemm(gemm, ilp64, NO_TRANS, NO_TRANS, rows, n_in, n_out, dz.ctypes.data, n_out, weights, n_in,
                       da.ctypes.data, n_in, one)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import blas as _blas
 from ..numpy.dropout import threshold_and_scale
-from . import clock, dense_step
+from . import by_address, clock, dense_step
 from .scalar import CODES
 from .small_gemm import SMALL_GEMM_MAX_BYTES
 
@@ -58,6 +58,12 @@ class DenseTrainer:
                 offset += 2 * size + 2 * block_rows
             else:
                 row += [-1] * 6
+            # [18, 19]: the activation's passes, [20]: the bias add before a LayerNorm (by address)
+            dtype = np.dtype(plan.dtype)
+            row += [by_address.forward_address(layer.activation, dtype),
+                    by_address.backward_address(layer.activation, dtype),
+                    by_address.forward_address("identity", dtype) if layer.norm else 0,
+                    by_address.small_gemm_address(dtype) if small else 0]
             table.append(row)
             transposed += weights if small else 0
         # dropout per layer: the keep threshold and the seed (uint64), the kept elements' scale
