@@ -480,12 +480,14 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
     `python benchmarks/step_anatomy.py` times it, the two kernels alternated in fresh processes:
     32.1-32.7 us with two fork-joins a batch, 28.0-28.6 us now). Every per-batch result lives in
     a row of its own, so a thread that comes late still reads its batch's values."""
+    # Only the loop over the threads is in this function, and no array expression: Numba turns
+    # each array expression of a parallel function into a parallel loop of its own, each
+    # compiled apart (the work before and after the loop, and the checks in it, were ~2 s of
+    # a cold compile of ~28 s).
     n = order.size
     threads = work.shape[0]
-    sync[:2 * count] = 0  # two phases a batch, a row each: [tasks done, claimed flag per task]
-    checks[:, :count] = True  # (a slice with no parameters writes nothing)
+    _reset(sync, checks, status, count)
     grads_ok, params_ok = checks[0], checks[1]
-    status[0], status[1], status[2] = 0, OK, 0
     for worker in prange(threads):
         marks = phase_ticks[worker]
         began = clock.start(marks)
@@ -506,7 +508,7 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
             since = clock.start(marks)
             atomics.wait(phase, blocks)
             clock.lap(marks, _WAIT_ONE, since)
-            if not math.isfinite(block_loss[i, :blocks].sum()):
+            if not math.isfinite(_sum(block_loss[i], blocks)):
                 break
             # Phase two, split across the threads too: a serial tail would let the idle thread
             # sleep, whose wake-up then delays the next batch (measured 53 -> 76 us a step).
@@ -520,24 +522,61 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
             since = clock.start(marks)
             atomics.wait(phase, threads)
             clock.lap(marks, _WAIT_TWO, since)
-            if not (grads_ok[i].all() and params_ok[i].all()):
+            if not (_all(grads_ok[i]) and _all(params_ok[i])):
                 break
         clock.lap(marks, WHOLE, began)
-    # Every thread stopped at the same batch; record it. As in the per-layer path, the
-    # parameters (not the optimizer state) are restored when anything was non-finite.
+    _record(n, first, count, batch_size, threads, params, snapshot, batch_losses, batch_correct, status, block_loss,
+            block_correct, grads_ok, params_ok)
+
+
+@njit(**_FLAGS)
+@stamped
+def _reset(sync, checks, status, count):
+    """``train_batches``' scratch before a call."""
+    sync[:2 * count] = 0  # two phases a batch, a row each: [tasks done, claimed flag per task]
+    checks[:, :count] = True  # (a slice with no parameters writes nothing)
+    status[0], status[1], status[2] = 0, OK, 0
+
+
+@njit(**_FLAGS)
+@stamped
+def _sum(values, count):
+    """values[:count].sum(), in order."""
+    total = values[0] - values[0]
+    for k in range(count):
+        total += values[k]
+    return total
+
+
+@njit(**_FLAGS)
+@stamped
+def _all(flags):
+    for k in range(flags.size):
+        if not flags[k]:
+            return False
+    return True
+
+
+@njit(**_FLAGS)
+@stamped
+def _record(n, first, count, batch_size, threads, params, snapshot, batch_losses, batch_correct, status, block_loss,
+            block_correct, grads_ok, params_ok):
+    """After ``train_batches``' threads: every thread stopped at the same batch; record it. As in
+    the per-layer path, the parameters (not the optimizer state) are restored when anything was
+    non-finite."""
     for batch in range(first, first + count):
         i = batch - first
         rows = min(batch_size, n - batch * batch_size)
         blocks = _row_blocks(rows, threads)[1]
-        loss = block_loss[i, :blocks].sum() / rows
+        loss = _sum(block_loss[i], blocks) / rows
         batch_losses[batch] = loss
-        batch_correct[batch] = block_correct[i, :blocks].sum()
+        batch_correct[batch] = _sum(block_correct[i], blocks)
         if not math.isfinite(loss):
             _copy(snapshot, params)
             status[1], status[2] = LOSS_NOT_FINITE, batch
             return
-        if not (grads_ok[i].all() and params_ok[i].all()):
+        if not (_all(grads_ok[i]) and _all(params_ok[i])):
             _copy(params, snapshot)
-            status[1], status[2] = GRAD_NOT_FINITE if not grads_ok[i].all() else UPDATE_NOT_FINITE, batch
+            status[1], status[2] = GRAD_NOT_FINITE if not _all(grads_ok[i]) else UPDATE_NOT_FINITE, batch
             return
         status[0] += 1
