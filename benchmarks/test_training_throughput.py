@@ -6,8 +6,6 @@ lr 0.5, batch 64) per backend, against the lecture's per-sample loop and PyTorch
 
 from __future__ import annotations
 
-import statistics
-
 import numpy as np
 import pytest
 
@@ -150,25 +148,44 @@ DRIFT_EPOCHS, DRIFT_WINDOW = 400, 40
 
 @pytest.mark.parametrize("backend_name", [b for b in ("numpy", "numba") if b in BACKENDS])
 def test_throughput_holds_over_400_epochs(benchmark, quick, backend_name):
-    """One 400-epoch digits fit (ReLU + cross-entropy, SGD lr 0.1, batch 64; 100 epochs with
-    --quick): the median samples/s of its last 40 epochs over that of epochs 11-50, from the
-    fit's own per-epoch record. Target >= 0.90: nothing slows a long run down (a leak, subnormal
-    floats as weights settle, caches or buffers that grow with the steps)."""
+    """A 400-epoch digits fit (ReLU + cross-entropy, SGD lr 0.1, batch 64; 100 epochs with
+    --quick), one epoch at a time, each followed by one epoch of a fresh network of the same
+    shape, its reference. Target >= 0.90 for the median over the last 40 epochs of each epoch's
+    samples/s over its reference's, divided by the same over epochs 11-50: nothing slows a long
+    run down (subnormal floats as weights settle, caches or buffers that grow with the steps).
+    Against a reference a millisecond away, a spell of the VM (the same fit runs at half speed
+    for a fraction of a second) slows both; the fit's raw late/early ratio, which such spells
+    decide (0.62-1.87 in three runs on one machine, as are 40-epoch chunks against references
+    after each), is reported beside it. A slowdown of the whole process would slow the
+    references too: the memory test (tests/test_allocation.py) checks that nothing grows."""
     X, y = _e2e_data("digits", False)
     sizes, batch = E2E["digits"]
     epochs = 100 if quick else DRIFT_EPOCHS
+
+    def network(seed):
+        return fastnn.Network([fastnn.Linear(i, o, "relu" if k < len(sizes) - 2 else None, seed=seed + k)
+                               for k, (i, o) in enumerate(zip(sizes, sizes[1:]))])
+
+    def epoch_rate(model, optimizer):
+        history = model.fit(X, y, "cross_entropy", optimizer, epochs=1, batch_size=batch, progress=False,
+                            metrics=False)
+        return history["samples_per_s"][0]
+
     with fastnn.use_backend(backend_name):
-        model = fastnn.Network([fastnn.Linear(i, o, "relu" if k < len(sizes) - 2 else None, seed=k)
-                                for k, (i, o) in enumerate(zip(sizes, sizes[1:]))])
-        optimizer = fastnn.SGD(0.1)
+        model, optimizer = network(0), fastnn.SGD(0.1)
         fastnn.training.warm_up(model, X, y, "cross_entropy", optimizer, batch)
         benchmark.group = "training drift digits"
         settle()
-        history = benchmark.pedantic(model.fit, args=(X, y, "cross_entropy", optimizer),
-                                     kwargs={"epochs": epochs, "batch_size": batch, "progress": False,
-                                             "metrics": False}, rounds=1, iterations=1)
-    rates = history["samples_per_s"]
-    early = statistics.median(rates[10:10 + DRIFT_WINDOW])
-    late = statistics.median(rates[-DRIFT_WINDOW:])
-    benchmark.extra_info.update(contender=backend_name, early_samples_per_s=early, late_samples_per_s=late,
-                                checks=[("late/early epochs samples/s", late / early, 0.90)])
+
+        def run():
+            return np.array([(epoch_rate(model, optimizer), epoch_rate(network(100 + epoch), fastnn.SGD(0.1)))
+                             for epoch in range(epochs)])
+
+        rates = benchmark.pedantic(run, rounds=1, iterations=1)
+    relative = rates[:, 0] / rates[:, 1]
+    early, late = slice(10, 10 + DRIFT_WINDOW), slice(-DRIFT_WINDOW, None)
+    drift = np.median(relative[late]) / np.median(relative[early])
+    raw = np.median(rates[late, 0]) / np.median(rates[early, 0])
+    benchmark.extra_info.update(contender=backend_name, early_samples_per_s=float(np.median(rates[early, 0])),
+                                late_samples_per_s=float(np.median(rates[late, 0])), raw_late_over_early=float(raw),
+                                checks=[("late/early epochs samples/s, each over a fresh net's", float(drift), 0.90)])
