@@ -52,7 +52,7 @@ from . import atomics, clock, simd
 from .by_address import call_backward, call_forward, call_small_gemm
 from .dropout import masked_copy
 from .jit import stamped
-from .losses import row_exp
+from .losses import exp_in_place
 from .normalization import layer_norm as _layer_norm_builds
 from .normalization import layer_norm_dx as _layer_norm_dx_builds
 from .normalization import layer_norm_params as _layer_norm_params_builds
@@ -180,13 +180,22 @@ def _loss_and_grad(out, targets, labels, idx, dy, inv_n):
     rows, classes = out.shape
     loss = 0.0
     correct = 0
-    for r in range(rows):
-        best = 0
-        for j in range(1, classes):
-            if out[r, j] > out[r, best]:
-                best = j
-        if labels:
-            top, total = row_exp(out, dy, r)
+    if labels:
+        # exp(out - row max) over the whole block in one vector loop (``exp_in_place``): row by
+        # row (``row_exp``), ten classes ran their exp lane by lane (2.3 us for 32 rows x 10).
+        for r in range(rows):
+            top = _row_top(out, r)
+            for j in range(classes):
+                dy[r, j] = out[r, j] - top
+        exp_in_place(dy.reshape(dy.size))
+        for r in range(rows):
+            top = _row_top(out, r)
+            best = 0
+            total = 0.0
+            for j in range(classes):
+                total += np.float64(dy[r, j])
+                if out[r, j] > out[r, best]:
+                    best = j
             scale = like(dy[r, 0], inv_n / total)  # in dy's precision, as in losses.py
             for j in range(classes):
                 dy[r, j] *= scale
@@ -194,20 +203,35 @@ def _loss_and_grad(out, targets, labels, idx, dy, inv_n):
             dy[r, label] -= inv_n
             loss += np.float64(top) + math.log(total) - np.float64(out[r, label])
             correct += best == label
-        else:
-            target = targets[idx[r]]
-            inv_elements = inv_n / classes
-            squares = 0.0
-            wanted = 0
-            for j in range(classes):
-                d = np.float64(out[r, j]) - np.float64(target[j])
-                squares += d * d
-                dy[r, j] = 2.0 * d * inv_elements
-                if target[j] > target[wanted]:
-                    wanted = j
-            loss += squares / classes
-            correct += best == wanted
+        return loss, correct
+    inv_elements = inv_n / classes
+    for r in range(rows):
+        target = targets[idx[r]]
+        squares = 0.0
+        best = wanted = 0
+        for j in range(classes):
+            d = np.float64(out[r, j]) - np.float64(target[j])
+            squares += d * d
+            dy[r, j] = 2.0 * d * inv_elements
+            if out[r, j] > out[r, best]:
+                best = j
+            if target[j] > target[wanted]:
+                wanted = j
+        loss += squares / classes
+        correct += best == wanted
     return loss, correct
+
+
+@njit(inline="always", **_FLAGS)
+@stamped
+def _row_top(out, r):
+    """The largest of row ``r`` skipping NaN (as ``losses.row_max``), 0 where ``out[r, 0]`` is
+    NaN: any finite shift will do, the NaN spreads through the exp anyway."""
+    top = out[r, 0]
+    for j in range(1, out.shape[1]):
+        v = out[r, j]
+        top = v if v > top else top
+    return top if top == top else like(top, 0.0)
 
 
 @njit(**_FLAGS)

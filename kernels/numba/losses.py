@@ -59,6 +59,13 @@ def _row_exp(z, grad, i):
     return top, np.float64(s)
 
 
+def _exp_in_place(x):
+    """x[:] = exp(x), 1-D contiguous, one vector of lanes at a time: for a few classes a row,
+    ``row_exp`` one row at a time runs its exp lane by lane (a 16-lane loop over 10 elements)."""
+    for e in range(x.size):
+        x[e] = fast_exp(x[e])
+
+
 def _softmax_xent_labels(z, labels, grad, inv_n):
     """z, grad (rows, classes); labels (rows,). grad = (softmax(z) - onehot) * inv_n."""
     rows, classes = z.shape
@@ -148,6 +155,8 @@ row_max = njit(inline="always", cache=True)(_row_max)
 prefetch_row = njit(inline="always", cache=True)(_prefetch_row)
 _row_exp.__qualname__ = f"_row_exp_{SOURCE_STAMP}"  # calls fast_exp from scalar.py: see SOURCE_STAMP
 row_exp = njit(cache=True, error_model="numpy", **_FAST)(_row_exp)
+_exp_in_place.__qualname__ = f"_exp_in_place_{SOURCE_STAMP}"
+exp_in_place = njit(cache=True, error_model="numpy", **_FAST)(_exp_in_place)
 softmax_xent_labels = serial_and_parallel(_softmax_xent_labels, **_FAST)
 softmax_xent_probs = serial_and_parallel(_softmax_xent_probs, **_FAST)
 bce_with_logits = serial_and_parallel(_bce_with_logits, **_FAST)
