@@ -517,7 +517,7 @@ def test_one_build_of_the_trainer_serves_both_losses():
     assert {"float32", "float64"} <= set(builds) and len(builds) == len(set(builds)), builds
 
 
-def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits):
+def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits, monkeypatch):
     """``record_phases``: per thread, cycle-counter time in each phase of the step, which together
     never exceed the thread's whole time in the kernel; the training is the same bits as
     unrecorded, and reading phases that are not being recorded is an error that says so."""
@@ -547,6 +547,10 @@ def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits
 
     seconds = trainer.phase_seconds()
     assert list(seconds) == [*dense_step.PHASES, "other", "whole"]
+    with monkeypatch.context() as patch:  # a target whose counter reads 0: an error, not inf
+        patch.setattr(clock, "ticks_per_second", lambda: 0.0)
+        with pytest.raises(RuntimeError, match="no cycle counter"):
+            trainer.phase_seconds()
     assert all(values.shape == (trainer.threads,) for values in seconds.values())
     assert clock.ticks_per_second() > 1e6  # a counter that ticks (x86-64: the TSC)
     # Every thread ran row blocks (GEMMs) or waited; the phases are parts of the whole, none negative.

@@ -118,6 +118,8 @@ class DenseTrainer:
             raise RuntimeError("phases are not being recorded: call record_phases() before run()")
         ticks = self.phase_ticks.astype(np.float64)
         rate = clock.ticks_per_second()
+        if rate <= 0:
+            raise RuntimeError("phases cannot be timed here: LLVM has no cycle counter to read on this CPU")
         seconds = {name: ticks[:, k] / rate for k, name in enumerate(dense_step.PHASES)}
         whole = ticks[:, dense_step.WHOLE] / rate
         seconds["other"] = whole - sum(seconds.values())
