@@ -24,7 +24,7 @@ a thread then writes and reads its copy in its own cache. When each thread refre
 one shared copy its slice of the parameters covered, after the update, every step moved those
 cache lines from one core to the other and back; per-block copies ran a digits fit 1.16x and
 1.28x faster (medians of two A/B runs of 8 alternating rounds in fresh processes, per-round
-ratios 0.92-2.29x; AMD EPYC Zen 4, the ad hoc script named in issue 13's note).
+ratios 0.92-2.29x; AMD EPYC Zen 4; the method of ``benchmarks/ab.py``).
 
 Layer table ``layers`` (int64, one row per layer), offsets in elements:
 ``[in, out, activation code, weight offset, bias offset or -1, z offset, y offset, dz offset,
