@@ -79,20 +79,20 @@ def backward_address(name: str, dtype: np.dtype) -> int:
     return _build(_backward, elementwise.backward, name, np.dtype(dtype))
 
 
+def _call_by_address(context, builder, signature, args):
+    """Codegen of the intrinsics below: call the C function at ``args[0]`` with the rest, each
+    as its LLVM value type. Arrays go as int64 addresses, which travel as pointers do in the C
+    calling convention (x86-64, AArch64); taking the function's address as an argument, not a
+    constant, keeps the callers cacheable on disk."""
+    fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in signature.args[1:]])
+    builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]))
+    return context.get_dummy_value()
+
+
 @intrinsic
 def _call(typingctx, address, a, b, c, d, e, alpha):
-    """``(*address)(a, b, c, d, e, alpha)``: five int64 arguments (addresses or sizes) and a
-    float. Taking the address as an argument keeps the callers cacheable on disk."""
-    sig = types.void(address, a, b, c, d, e, alpha)
-
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        fnty = ir.FunctionType(ir.VoidType(), [i64] * 5 + [context.get_value_type(signature.args[-1])])
-        # An address and an int64 travel alike in the C calling convention (x86-64, AArch64).
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]))
-        return context.get_dummy_value()
-
-    return sig, codegen
+    """``(*address)(a, b, c, d, e, alpha)``: five int64 arguments (addresses or sizes) and a float."""
+    return types.void(address, a, b, c, d, e, alpha), _call_by_address
 
 
 @njit(inline="always", cache=True)
@@ -133,12 +133,4 @@ def small_gemm_address(dtype: np.dtype) -> int:
 @intrinsic
 def call_small_gemm(typingctx, address, a, sa_i, sa_k, b, ldb, c, ldc, m, n, k):
     """``small_gemm.gemm(a, sa_i, sa_k, b, ldb, c, ldc, m, n, k)`` through ``small_gemm_address``."""
-    sig = types.void(address, a, sa_i, sa_k, b, ldb, c, ldc, m, n, k)
-
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        fnty = ir.FunctionType(ir.VoidType(), [i64] * 10)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]))
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.void(address, a, sa_i, sa_k, b, ldb, c, ldc, m, n, k), _call_by_address

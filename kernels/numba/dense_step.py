@@ -52,7 +52,7 @@ from . import atomics, clock, simd
 from .by_address import call_backward, call_forward, call_small_gemm
 from .dropout import masked_copy
 from .jit import stamped
-from .losses import exp_in_place
+from .losses import exp_in_place, row_max
 from .normalization import layer_norm as _layer_norm_builds
 from .normalization import layer_norm_dx as _layer_norm_dx_builds
 from .normalization import layer_norm_params as _layer_norm_params_builds
@@ -225,12 +225,9 @@ def _loss_and_grad(out, targets, labels, idx, dy, inv_n):
 @njit(inline="always", **_FLAGS)
 @stamped
 def _row_top(out, r):
-    """The largest of row ``r`` skipping NaN (as ``losses.row_max``), 0 where ``out[r, 0]`` is
-    NaN: any finite shift will do, the NaN spreads through the exp anyway."""
-    top = out[r, 0]
-    for j in range(1, out.shape[1]):
-        v = out[r, j]
-        top = v if v > top else top
+    """``losses.row_max`` (the largest of row ``r`` skipping NaN), 0 where ``out[r, 0]`` is NaN:
+    any finite shift will do, the NaN spreads through the exp anyway (as in ``losses.row_exp``)."""
+    top = row_max(out, r)
     return top if top == top else like(top, 0.0)
 
 
