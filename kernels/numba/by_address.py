@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit
-from numba.core import types
+from numba.core import cgutils, types
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from . import elementwise, small_gemm
@@ -134,3 +135,65 @@ def small_gemm_address(dtype: np.dtype) -> int:
 def call_small_gemm(typingctx, address, a, sa_i, sa_k, b, ldb, c, ldc, m, n, k):
     """``small_gemm.gemm(a, sa_i, sa_k, b, ldb, c, ldc, m, n, k)`` through ``small_gemm_address``."""
     return types.void(address, a, sa_i, sa_k, b, ldb, c, ldc, m, n, k), _call_by_address
+
+
+# --- jitted functions by address, in Numba's own calling convention -------------------------------
+#
+# The whole-step kernel's two tasks (a row block's forward and backward, a parameter slice's sum
+# and update) take some thirty arrays each, too many to pass as C pointers. They stay jitted
+# functions, each compiled once for the one signature the kernel calls it with, and the kernel's
+# parallel loop calls their native entry points (arrays as Numba's own array structs) by address.
+# Called as jitted functions, their code was linked into the parallel loop's module and optimised
+# again there: 8 of the 24 s of a cold digits fit.
+
+# Every jitted function compiled for a call by address, by qualified name (each has ``stats``).
+NATIVE: dict[str, Any] = {}
+
+
+def native_address(dispatcher: Any, signature: Any) -> int:
+    """The address of ``dispatcher``'s native entry point for ``signature`` (a Numba signature),
+    compiled, or loaded from the on-disk cache, on first use; for ``native_caller``."""
+    args = tuple(signature.args)
+    dispatcher.compile(args)
+    NATIVE[dispatcher.py_func.__qualname__] = dispatcher
+    built = dispatcher.overloads[args]
+    return built.library.get_pointer_to_function(built.fndesc.llvm_func_name)
+
+
+def _writable(t: types.Type) -> types.Type:
+    # a read-only array has the same layout: the callee only reads what it is given read-only
+    return t.copy(readonly=False) if isinstance(t, types.Array) and not t.mutable else t
+
+
+def native_caller(signature_of):
+    """An intrinsic ``call(address, args)`` that calls the jitted function at ``address``
+    (``native_address(fn, signature_of(args))``) with the tuple ``args`` and returns its result.
+    ``signature_of(arg_types)`` gives the signature the callee was compiled for; where the caller's
+    argument types differ from it (but for read-only arrays), the caller fails to compile, naming
+    the argument, instead of passing the callee arrays of another layout."""
+
+    @intrinsic
+    def call(typingctx, address, args):
+        expected = signature_of(args.types)
+        given = tuple(_writable(t) for t in args.types)
+        if given != tuple(expected.args):
+            wrong = [f"argument {k}: {g} (expected {e})" for k, (g, e) in enumerate(zip(given, expected.args))
+                     if g != e] or [f"{len(given)} arguments (expected {len(expected.args)})"]
+            raise TypingError(f"call by address: {', '.join(wrong)}")
+
+        def codegen(context, builder, signature, llargs):
+            arg_types = list(expected.args)
+            fnty = context.call_conv.get_function_type(expected.return_type, arg_types)
+            values = [builder.extract_value(llargs[1], k) for k in range(len(arg_types))]
+            result = cgutils.alloca_once(builder, fnty.args[0].pointee)
+            builder.store(cgutils.get_null_value(fnty.args[0].pointee), result)
+            exception = cgutils.alloca_once(builder, fnty.args[1].pointee)
+            packed = list(context.call_conv._get_arg_packer(arg_types).as_arguments(builder, values))
+            # the status is not read: the callees are built with the NumPy error model and
+            # without bounds checks, and a parallel loop has nowhere to raise to
+            builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), [result, exception] + packed)
+            return context.get_returned_value(builder, expected.return_type, builder.load(result))
+
+        return expected.return_type(address, args), codegen
+
+    return call

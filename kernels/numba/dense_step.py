@@ -39,6 +39,7 @@ only for the activations used).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -48,10 +49,10 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ..blas import NO_TRANS, ROW_MAJOR, TRANS
-from . import atomics, clock, simd
+from . import atomics, by_address, clock, simd
 from .by_address import call_backward, call_forward, call_small_gemm
 from .dropout import masked_copy
-from .jit import stamped
+from .jit import specialised, stamped
 from .losses import exp_in_place, row_max
 from .normalization import layer_norm as _layer_norm_builds
 from .normalization import layer_norm_dx as _layer_norm_dx_builds
@@ -61,11 +62,6 @@ from .scalar import like
 
 # Status codes written to status[1]; status[0] counts the batches completed, status[2] the batch.
 OK, LOSS_NOT_FINITE, GRAD_NOT_FINITE, UPDATE_NOT_FINITE = range(4)
-# Optimizer rules (fastnn.optimizers: Optimizer.fused_rule) and their codes in the kernel. "none"
-# computes a batch's gradients and leaves the parameters alone, for data-parallel training: the
-# gradients are summed over the ranks before an update (``DenseTrainer.gradients``).
-_SGD, _ADAM, _NONE = 0, 1, 2
-RULES = {"sgd": _SGD, "adam": _ADAM, "none": _NONE}
 # Where a step's time goes, per thread, when the caller asks (``phase_ticks``): cycle-counter
 # ticks (``clock``) summed over a call into these slots, then the whole of the thread's time in
 # the call (anything not in a slot: claiming tasks, loop bookkeeping, the parallel launch).
@@ -167,20 +163,19 @@ def _output_offset(layers, layer):
     return layers[layer, 10] if layers[layer, 10] >= 0 else layers[layer, 6]
 
 
-@njit(**_FLAGS)
-@stamped
-def _loss_and_grad(out, targets, labels, idx, dy, inv_n):
+def _loss_and_grad(out, targets, idx, dy, inv_n):
     """The loss of ``out (rows, classes)`` against ``targets[idx]`` summed over the rows, its
     gradient scaled by ``inv_n`` = 1 / batch size into ``dy``, and the count of rows whose
     largest output is the target class. ``targets`` is float64 ``(N, columns)`` for both losses
-    (see ``DenseTrainer.inputs``), so that one build serves both: with ``labels``, column 0
-    holds class labels -> softmax cross-entropy on logits; without, ``(N, classes)`` targets ->
-    squared error (its mean is over elements: the sum is divided by ``classes`` here). The
-    arithmetic is that of the per-layer kernels in ``losses.py``."""
+    (see ``DenseTrainer.inputs``), so that the kernel has one signature for both: with
+    ``LABELS`` (bound per build), column 0 holds class labels -> softmax cross-entropy on logits;
+    without, ``(N, classes)`` targets -> squared error (its mean is over elements: the sum is
+    divided by ``classes`` here). The arithmetic is that of the per-layer kernels in
+    ``losses.py``."""
     rows, classes = out.shape
     loss = 0.0
     correct = 0
-    if labels:
+    if LABELS:
         # exp(out - row max) over the whole block in one vector loop (``exp_in_place``): row by
         # row (``row_exp``), ten classes ran their exp lane by lane (2.3 us for 32 rows x 10).
         for r in range(rows):
@@ -231,9 +226,7 @@ def _row_top(out, r):
     return top if top == top else like(top, 0.0)
 
 
-@njit(**_FLAGS)
-@stamped
-def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64,
+def _rows_forward_backward(X, targets, idx, params, wt, grads, work, layers, alphas, nobias, gemm, ilp64,
                            inv_n, drop_keys, drop_scales, drop_step, first_row, norm_eps, keep, marks):
     """Forward and backward for the samples ``idx`` (one thread's rows, from row ``first_row`` of
     the batch), weight and bias gradients of their share of the batch mean into ``grads``.
@@ -276,7 +269,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
                   params.ctypes.data + w_off * itemsize, n_in, z.ctypes.data, n_out, one)
         since = clock.lap(marks, _FORWARD_GEMM, since)
         bias = params[b_off:b_off + n_out] if b_off >= 0 else nobias[:n_out]
-        if layers[layer, 12] >= 0:
+        if NORM and layers[layer, 12] >= 0:
             u = _view(work, layers[layer, 12], rows, n_out)
             call_forward(layers[layer, 20], z, bias, u, alphas[layer])  # z += bias (the identity's pass)
             w_off_n, b_off_n = layers[layer, 16], layers[layer, 17]
@@ -288,7 +281,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
         else:
             call_forward(layers[layer, 18], z, bias, y, alphas[layer])
         a = y
-        if layers[layer, 10] >= 0:
+        if DROPOUT and layers[layer, 10] >= 0:
             a = _view(work, layers[layer, 10], rows, n_out)
             masked_copy(y.reshape(y.size), a.reshape(a.size), keep[layers[layer, 11]:layers[layer, 11] + rows * n_out],
                         first_row * n_out, drop_keys[layer, 1], drop_step, drop_keys[layer, 0], drop_scales[layer])
@@ -297,7 +290,7 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
     last = n_layers - 1
     classes = layers[last, 1]
     dy = _view(work, layers[last, 9], rows, classes)
-    loss, correct = _loss_and_grad(a, targets, labels, idx, dy, inv_n)
+    loss, correct = _loss_and_grad(a, targets, idx, dy, inv_n)
     since = clock.lap(marks, _LOSS, since)
 
     for layer in range(last, -1, -1):
@@ -306,14 +299,14 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
         y = _view(work, y_off, rows, n_out)
         dz = _view(work, d_off, rows, n_out)
         dy = _view(work, g_off, rows, n_out)
-        if layers[layer, 10] >= 0:  # the gradient reaching y: through the mask
+        if DROPOUT and layers[layer, 10] >= 0:  # the gradient reaching y: through the mask
             kept = keep[layers[layer, 11]:layers[layer, 11] + rows * n_out]
             flat = dy.reshape(dy.size)
             scale = drop_scales[layer]
             zero = scale - scale
             for e in range(flat.size):
                 flat[e] *= scale if kept[e] else zero
-        if layers[layer, 12] >= 0:  # through the activation to LN(z), then through the norm to z
+        if NORM and layers[layer, 12] >= 0:  # through the activation to LN(z), then through the norm to z
             du = _view(work, layers[layer, 15], rows, n_out)
             call_backward(layers[layer, 19], dy, _view(work, layers[layer, 12], rows, n_out), y, du, alphas[layer])
             w_off_n, b_off_n = layers[layer, 16], layers[layer, 17]
@@ -358,23 +351,38 @@ def _rows_forward_backward(X, targets, labels, idx, params, wt, grads, work, lay
     return loss, correct
 
 
+# One optimizer step with PyTorch's rules (the kernels ``Optimizer.step`` uses), on one thread:
+# the caller gives each thread its own slice of the parameters. ``_slice_task``'s builds bind one,
+# by ``Optimizer.fused_rule``. "none" computes a batch's gradients and leaves the parameters
+# alone, for data-parallel training: the gradients are summed over the ranks before an update
+# (``DenseTrainer.gradients``).
+
+
 @njit(**_FLAGS)
 @stamped
-def _update(rule, hyper, params, grads, state1, state2, step):
-    """One optimizer step with PyTorch's rules (the kernels ``Optimizer.step`` uses), on one
-    thread: the caller gives each thread its own slice of the parameters."""
-    if rule == _NONE:
-        return
-    if rule == _SGD:
-        sgd_serial(params, grads, state1, hyper[0], hyper[1], hyper[2] != 0.0, hyper[3], step == 1)
-    else:
-        lr, beta1, beta2, eps, weight_decay, decoupled = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
-        t = np.float64(step)
-        step_size = lr / (1.0 - beta1 ** t)
-        bias_correction2_sqrt = (1.0 - beta2 ** t) ** 0.5
-        l2 = 0.0 if decoupled != 0.0 else weight_decay
-        decay = 1.0 - lr * weight_decay if decoupled != 0.0 else 1.0
-        adam_serial(params, grads, state1, state2, step_size, bias_correction2_sqrt, beta1, beta2, eps, l2, decay)
+def _sgd_update(hyper, params, grads, state1, state2, step):
+    sgd_serial(params, grads, state1, hyper[0], hyper[1], hyper[2] != 0.0, hyper[3], step == 1)
+
+
+@njit(**_FLAGS)
+@stamped
+def _adam_update(hyper, params, grads, state1, state2, step):
+    lr, beta1, beta2, eps, weight_decay, decoupled = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+    t = np.float64(step)
+    step_size = lr / (1.0 - beta1 ** t)
+    bias_correction2_sqrt = (1.0 - beta2 ** t) ** 0.5
+    l2 = 0.0 if decoupled != 0.0 else weight_decay
+    decay = 1.0 - lr * weight_decay if decoupled != 0.0 else 1.0
+    adam_serial(params, grads, state1, state2, step_size, bias_correction2_sqrt, beta1, beta2, eps, l2, decay)
+
+
+@njit(**_FLAGS)
+@stamped
+def _no_update(hyper, params, grads, state1, state2, step):
+    pass
+
+
+UPDATES = {"sgd": _sgd_update, "adam": _adam_update, "none": _no_update}
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"reassoc"})
@@ -426,9 +434,7 @@ def _row_blocks(rows, threads):
     return block, (rows + block - 1) // block
 
 
-@njit(**_FLAGS)
-@stamped
-def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work, layers, alphas,
+def _block_task(t, X, targets, order, start, stop, block, params, wt, grads, partial, work, layers, alphas,
                 nobias, gemm, ilp64, inv_n, block_loss, block_correct, drop_keys, drop_scales, drop_step, norm_eps,
                 keep, marks):
     """Phase one of a batch, task ``t``: the block's transposed weights ``wt[t]``, then forward
@@ -440,15 +446,13 @@ def _block_task(t, X, targets, labels, order, start, stop, block, params, wt, gr
     since = clock.start(marks)
     transpose_weights(params, wt[t], layers)
     clock.lap(marks, _TRANSPOSE, since)
-    block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, labels, order[lo:hi], params, wt[t], target,
+    block_loss[t], block_correct[t] = _rows_forward_backward(X, targets, order[lo:hi], params, wt[t], target,
                                                              work[t], layers, alphas, nobias, gemm, ilp64, inv_n,
                                                              drop_keys, drop_scales, drop_step, lo - start, norm_eps,
                                                              keep[t], marks)
 
 
-@njit(**_FLAGS)
-@stamped
-def _slice_task(c, slices, blocks, params, grads, partial, rule, hyper, state1, state2, step, snapshot, grads_ok,
+def _slice_task(c, slices, blocks, params, grads, partial, hyper, state1, state2, step, snapshot, grads_ok,
                 params_ok, marks):
     """Phase two of a batch, task ``c``: over slice ``c`` of the parameters, sum the blocks'
     gradients in a fixed order and check them, keep a copy of the parameters, update them and
@@ -461,21 +465,97 @@ def _slice_task(c, slices, blocks, params, grads, partial, rule, hyper, state1, 
             ok = add_all_finite(grads[lo:hi], partial[t - 1, lo:hi]) and ok
         since = clock.lap(marks, _GRADIENT_SUM, since)
         _copy(snapshot[lo:hi], params[lo:hi])
-        _update(rule, hyper, params[lo:hi], grads[lo:hi], state1[lo:hi], state2[lo:hi], step)
+        UPDATE(hyper, params[lo:hi], grads[lo:hi], state1[lo:hi], state2[lo:hi], step)
         grads_ok[c] = ok
         params_ok[c] = all_finite(params[lo:hi])
         clock.lap(marks, _UPDATE, since)
 
 
+def _c(dtype: types.Type, ndim: int) -> types.Array:
+    return types.Array(dtype, ndim, "C")
+
+
+def block_task_signature(real: types.Type) -> types.Signature:
+    """``_block_task``'s signature for data of the float type ``real``: what ``train_batches``
+    passes it (``DenseTrainer`` gives the kernel C-contiguous arrays throughout)."""
+    i64, f64 = types.int64, types.float64
+    return types.void(i64, _c(real, 2), _c(f64, 2), _c(i64, 1), i64, i64, i64, _c(real, 1),
+                      _c(real, 2), _c(real, 1), _c(real, 2), _c(real, 2), _c(i64, 2), _c(real, 1), _c(real, 1), i64,
+                      types.boolean, f64, _c(f64, 1), _c(i64, 1), _c(types.uint64, 2), _c(real, 1), types.uint64,
+                      _c(f64, 1), _c(types.uint8, 2), _c(i64, 1))
+
+
+def slice_task_signature(real: types.Type) -> types.Signature:
+    """``_slice_task``'s signature for parameters of the float type ``real``."""
+    i64 = types.int64
+    return types.void(i64, i64, i64, _c(real, 1), _c(real, 1), _c(real, 2), _c(types.float64, 1), _c(real, 1),
+                      _c(real, 1), i64, _c(real, 1), _c(types.boolean, 1), _c(types.boolean, 1), _c(i64, 1))
+
+
+def thread_signature(real: types.Type) -> types.Signature:
+    """``_thread``'s signature for data of the float type ``real``."""
+    i64, f64 = types.int64, types.float64
+    return types.void(i64, _c(real, 2), _c(f64, 2), _c(i64, 1), i64, i64, i64, _c(real, 1),
+                      _c(real, 2), _c(real, 1), _c(real, 2), _c(real, 2), _c(i64, 2), _c(real, 1), _c(real, 1), i64,
+                      types.boolean, _c(f64, 1), _c(real, 1), _c(real, 1), i64, _c(real, 1), _c(i64, 2),
+                      _c(f64, 2), _c(i64, 2), _c(types.boolean, 3), _c(types.uint64, 2), _c(real, 1), types.uint64,
+                      _c(f64, 1), _c(types.uint8, 2), _c(i64, 2), _c(i64, 1))
+
+
+_call_thread = by_address.native_caller(lambda args: thread_signature(args[1].dtype))
+_call_block_task = by_address.native_caller(lambda args: block_task_signature(args[1].dtype))
+_call_slice_task = by_address.native_caller(lambda args: slice_task_signature(args[3].dtype))
+
+
+# Defaults of the names each build of the templates above binds (``_block_build``, ``_slice_build``):
+# a build compiles only the code its network uses (a digits fit: no LayerNorm, no dropout, no Adam).
+LABELS = NORM = DROPOUT = True
+UPDATE = _no_update
+
+
+@functools.cache
+def _block_build(labels: bool, norm: bool, dropout: bool):
+    """``_block_task`` for one loss (``labels``: softmax cross-entropy, else MSE), with or without
+    the LayerNorm and dropout code; ``_rows_forward_backward`` inlined into it (compiled apart, it
+    was optimised again where linked, ~1.5 s)."""
+    name = f"{'labels' if labels else 'mse'}{'_norm' if norm else ''}{'_dropout' if dropout else ''}"
+    loss = njit(**_FLAGS)(specialised(_loss_and_grad, name, {"LABELS": labels}))
+    rows = njit(inline="always", **_FLAGS)(specialised(_rows_forward_backward, name, {
+        "NORM": norm, "DROPOUT": dropout, "_loss_and_grad": loss}))
+    return njit(**_FLAGS)(specialised(_block_task, name, {"_rows_forward_backward": rows}))
+
+
+@functools.cache
+def _slice_build(rule: str):
+    """``_slice_task`` for the optimizer rule ``rule`` (``UPDATES``)."""
+    return njit(**_FLAGS)(specialised(_slice_task, rule, {"UPDATE": UPDATES[rule]}))
+
+
+@functools.cache
+def task_addresses(dtype: np.dtype, labels: bool, norm: bool, dropout: bool, rule: str) -> np.ndarray:
+    """``train_batches``' ``tasks`` (do not write to it: it is shared): the addresses of the builds
+    of ``_block_task`` (for the loss, and with LayerNorm and dropout code if any layer has them)
+    and of ``_slice_task`` (for the optimizer rule, ``UPDATES``), and of ``_thread``, for data
+    of ``dtype``; each compiled, or loaded from the cache, on first use."""
+    real = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    return np.array([by_address.native_address(_block_build(labels, norm, dropout), block_task_signature(real)),
+                     by_address.native_address(_slice_build(rule), slice_task_signature(real)),
+                     by_address.native_address(_thread, thread_signature(real))], np.int64)
+
+
 @njit(parallel=True, **_FLAGS)
 @stamped
-def train_batches(X, targets, labels, order, first, count, batch_size, params, wt, grads, partial, work, layers,
-                  alphas, nobias, gemm, ilp64, rule, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
+def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers,
+                  alphas, nobias, gemm, ilp64, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
                   status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps,
-                  keep, phase_ticks):
+                  keep, phase_ticks, tasks):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
-    ``targets`` float64 ``(N, columns)``: class labels in column 0 where ``labels`` (softmax
-    cross-entropy), else the regression targets (MSE); one type for both keeps one build a dtype.
+    ``targets`` float64 ``(N, columns)``: class labels in column 0 for softmax cross-entropy,
+    else the regression targets (MSE); one type for both keeps one signature a dtype.
+
+    ``tasks`` (int64, ``task_addresses``): what the threads run, by address. The builds there
+    decide the loss, whether the LayerNorm and dropout code is in, and the optimizer rule
+    (``hyper``: its hyperparameters, ``Optimizer.fused_hyperparameters``).
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
     non-finite loss, gradient or update with ``status = [done, code, batch]``, the parameters
@@ -505,49 +585,64 @@ def train_batches(X, targets, labels, order, first, count, batch_size, params, w
     # each array expression of a parallel function into a parallel loop of its own, each
     # compiled apart (the work before and after the loop, and the checks in it, were ~2 s of
     # a cold compile of ~28 s).
-    n = order.size
     threads = work.shape[0]
     _reset(sync, checks, status, count)
-    grads_ok, params_ok = checks[0], checks[1]
     for worker in prange(threads):
-        marks = phase_ticks[worker]
-        began = clock.start(marks)
-        for batch in range(first, first + count):
-            i = batch - first
-            start = batch * batch_size
-            stop = min(start + batch_size, n)
-            rows = stop - start
-            block, blocks = _row_blocks(rows, threads)
-            phase = sync[2 * i]
-            for k in range(blocks):  # its own block first, then any left
-                t = (worker + k) % blocks
-                if atomics.claim(phase, t):
-                    _block_task(t, X, targets, labels, order, start, stop, block, params, wt, grads, partial, work,
-                                layers, alphas, nobias, gemm, ilp64, 1.0 / rows, block_loss[i], block_correct[i],
-                                drop_keys, drop_scales, drop_step + np.uint64(i), norm_eps, keep, marks)
-                    atomics.finish(phase)
-            since = clock.start(marks)
-            atomics.wait(phase, blocks)
-            clock.lap(marks, _WAIT_ONE, since)
-            if not math.isfinite(_sum(block_loss[i], blocks)):
-                break
-            # Phase two, split across the threads too: a serial tail would let the idle thread
-            # sleep, whose wake-up then delays the next batch (measured 53 -> 76 us a step).
-            phase = sync[2 * i + 1]
-            for k in range(threads):
-                c = (worker + k) % threads
-                if atomics.claim(phase, c):
-                    _slice_task(c, threads, blocks, params, grads, partial, rule, hyper, state1, state2, step + i + 1,
-                                snapshot, grads_ok[i], params_ok[i], marks)
-                    atomics.finish(phase)
-            since = clock.start(marks)
-            atomics.wait(phase, threads)
-            clock.lap(marks, _WAIT_TWO, since)
-            if not (_all(grads_ok[i]) and _all(params_ok[i])):
-                break
-        clock.lap(marks, WHOLE, began)
-    _record(n, first, count, batch_size, threads, params, snapshot, batch_losses, batch_correct, status, block_loss,
-            block_correct, grads_ok, params_ok)
+        _call_thread(tasks[2], (np.int64(worker), X, targets, order, first, count, batch_size, params, wt, grads,
+                                partial, work, layers, alphas, nobias, gemm, ilp64, hyper, state1, state2, step,
+                                snapshot, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step,
+                                norm_eps, keep, phase_ticks, tasks))
+    _record(order.size, first, count, batch_size, threads, params, snapshot, batch_losses, batch_correct, status,
+            block_loss, block_correct, checks[0], checks[1])
+
+
+@njit(**_FLAGS)
+@stamped
+def _thread(worker, X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers,
+            alphas, nobias, gemm, ilp64, hyper, state1, state2, step, snapshot, sync, block_loss, block_correct,
+            checks, drop_keys, drop_scales, drop_step, norm_eps, keep, phase_ticks, tasks):
+    """Thread ``worker``'s part of ``train_batches`` (its arguments, less those only ``_record``
+    reads): each batch, claim row blocks, wait for all of them, claim parameter slices, wait."""
+    n = order.size
+    threads = work.shape[0]
+    grads_ok, params_ok = checks[0], checks[1]
+    marks = phase_ticks[worker]
+    began = clock.start(marks)
+    for batch in range(first, first + count):
+        i = batch - first
+        start = batch * batch_size
+        stop = min(start + batch_size, n)
+        rows = stop - start
+        block, blocks = _row_blocks(rows, threads)
+        phase = sync[2 * i]
+        for k in range(blocks):  # its own block first, then any left
+            t = (worker + k) % blocks
+            if atomics.claim(phase, t):
+                _call_block_task(tasks[0], (t, X, targets, order, start, stop, block, params, wt, grads,
+                                            partial, work, layers, alphas, nobias, gemm, ilp64, 1.0 / rows,
+                                            block_loss[i], block_correct[i], drop_keys, drop_scales,
+                                            drop_step + np.uint64(i), norm_eps, keep, marks))
+                atomics.finish(phase)
+        since = clock.start(marks)
+        atomics.wait(phase, blocks)
+        clock.lap(marks, _WAIT_ONE, since)
+        if not math.isfinite(_sum(block_loss[i], blocks)):
+            break
+        # Phase two, split across the threads too: a serial tail would let the idle thread
+        # sleep, whose wake-up then delays the next batch (measured 53 -> 76 us a step).
+        phase = sync[2 * i + 1]
+        for k in range(threads):
+            c = (worker + k) % threads
+            if atomics.claim(phase, c):
+                _call_slice_task(tasks[1], (c, threads, blocks, params, grads, partial, hyper, state1,
+                                            state2, step + i + 1, snapshot, grads_ok[i], params_ok[i], marks))
+                atomics.finish(phase)
+        since = clock.start(marks)
+        atomics.wait(phase, threads)
+        clock.lap(marks, _WAIT_TWO, since)
+        if not (_all(grads_ok[i]) and _all(params_ok[i])):
+            break
+    clock.lap(marks, WHOLE, began)
 
 
 @njit(**_FLAGS)

@@ -85,6 +85,10 @@ class DenseTrainer:
         self.status = np.zeros(3, np.int64)
         self.phase_ticks = np.zeros((self.threads, 0), np.int64)  # not timed; see ``record_phases``
         self.block_loss = np.zeros((0, self.threads))
+        # what the threads run, by address: builds for this loss, with the LayerNorm and dropout
+        # code only where a layer has them (``tasks``)
+        self.features = (np.dtype(plan.dtype), bool(self.labels), any(layer.norm for layer in plan.layers),
+                         any(layer.dropout > 0 for layer in plan.layers))
         self._reserve(1)  # grown to the largest chunk of batches a call asks for
 
     def _reserve(self, batches: int) -> None:
@@ -126,6 +130,10 @@ class DenseTrainer:
         seconds["whole"] = whole
         return seconds
 
+    def tasks(self, rule: str) -> np.ndarray:
+        """The kernel's ``tasks`` for optimizer rule ``rule`` (``dense_step.task_addresses``)."""
+        return dense_step.task_addresses(*self.features, rule)
+
     def __enter__(self) -> DenseTrainer:
         """For the whole of a training run: BLAS on one thread, since each row block calls GEMM
         from its own thread. Set once, not per call: raising OpenBLAS's thread count again
@@ -148,14 +156,14 @@ class DenseTrainer:
         ``dropout_step``: the global training step of batch ``first`` (``Dropout.at_step``)."""
         self._reserve(count)
         hyper = np.array(optimizer.fused_hyperparameters(), np.float64)
-        rule = dense_step.RULES[optimizer.fused_rule]
         first_state, second_state = (state[name] for name in optimizer.fused_state)
-        dense_step.train_batches(X, targets, self.labels, order, first, count, batch_size, self.params,
+        dense_step.train_batches(X, targets, order, first, count, batch_size, self.params,
                                  self.transposed_weights, grads, self.partial, self.work, self.layers, self.alphas,
-                                 self.nobias, self.gemm, self.ilp64, rule, hyper, first_state, second_state,
+                                 self.nobias, self.gemm, self.ilp64, hyper, first_state, second_state,
                                  optimizer.steps, snapshot, batch_losses, batch_correct, self.status, self.sync,
                                  self.block_loss, self.block_correct, self.checks, self.drop_keys, self.drop_scales,
-                                 np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks)
+                                 np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks,
+                                 self.tasks(optimizer.fused_rule))
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
@@ -169,9 +177,10 @@ class DenseTrainer:
         failure here: it reaches every rank through the sum, where ``fit`` decides."""
         self._reserve(1)
         none = np.zeros(6, np.float64)
-        dense_step.train_batches(X, targets, self.labels, rows, 0, 1, rows.size, self.params,
+        dense_step.train_batches(X, targets, rows, 0, 1, rows.size, self.params,
                                  self.transposed_weights, grads, self.partial, self.work, self.layers, self.alphas,
-                                 self.nobias, self.gemm, self.ilp64, dense_step.RULES["none"], none, snapshot,
+                                 self.nobias, self.gemm, self.ilp64, none, snapshot,
                                  snapshot, 0, snapshot, loss, correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
-                                 np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks)
+                                 np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks,
+                                 self.tasks("none"))
