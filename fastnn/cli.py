@@ -235,6 +235,8 @@ def warmup(args: argparse.Namespace) -> int:
             net.fit(np.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6), labels, "cross_entropy", optimizer,
                     epochs=1, batch_size=4, progress=False)
             done(f"whole training step, {np.dtype(dtype).name}, {type(optimizer).__name__}")
+    for builds in backend.whole_step_builds():  # the rest of its builds (other losses, LayerNorm, dropout)
+        done(builds)
     print(f"backend {backend.name!r}: every kernel is compiled or loaded from the cache "
           f"({time.perf_counter() - started:.1f} s)")
     return 0

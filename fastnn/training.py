@@ -705,12 +705,14 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
     params, _ = network.flat_parameters()
     saved, saved_buffers = params.copy(), network._copy_buffers()
     started = time.perf_counter()
+    # the trainer first: on a cold cache it starts compiling part of its kernel in a helper
+    # process (``DenseTrainer``), which then overlaps the per-layer kernels' compile below
+    trainer = _dense_trainer(network, loss, X, target, batch_size, optimizer)
     out = network._forward(X[:batch_size])
     _, grad = loss.compute(network.backend, out, target[:batch_size])
     network._backward(grad, need_input_grad=False)
     optimizer.step(network)
     network.predict(X[:batch_size])
-    trainer = _dense_trainer(network, loss, X, target, batch_size, optimizer)
     if trainer is not None:  # the whole-step kernel fit will use
         backend, (_, grads) = network.backend, network.flat_parameters()
         rows = np.arange(min(batch_size, X.shape[0]))

@@ -99,3 +99,92 @@ def test_training_matches_the_numpy_backend():
             results[name] = (history["loss"], np.concatenate([p.ravel() for p in net.parameters()]))
     np.testing.assert_allclose(results["numba"][0], results["numpy"][0], rtol=1e-9)
     np.testing.assert_allclose(results["numba"][1], results["numpy"][1], rtol=1e-8, atol=1e-10)
+
+
+def test_a_jitted_function_called_by_address_returns_its_result_and_other_argument_types_do_not_compile():
+    """``by_address.native_caller``: the kernel's tasks are called through their native entry
+    points; a caller whose arguments differ from the callee's signature fails to compile, naming
+    the argument, instead of handing it arrays of another layout."""
+    from numba import njit, types
+    from numba.core.errors import TypingError
+
+    from fastnn.kernels.numba import by_address
+
+    @njit
+    def scaled_sum(scale, values):
+        return scale * values.sum(), values.size
+
+    signature = types.Tuple((types.float64, types.int64))(types.float64, types.Array(types.float64, 1, "C"))
+    call = by_address.native_caller(lambda args: signature)
+    address = by_address.native_address(scaled_sum, signature)
+
+    @njit
+    def caller(address, scale, values):
+        return call(address, (scale, values))
+
+    values = np.arange(5.0)
+    assert caller(address, 2.0, values) == (20.0, 5)
+    assert caller(address, 2.0, values[::-1].copy()) == (20.0, 5)
+    with pytest.raises(TypingError, match=r"argument 1: array\(float64, 1d, A\) \(expected array\(float64, 1d, C\)\)"):
+        caller(address, 2.0, values[::2])
+    with pytest.raises(TypingError, match="argument 0: int64"):
+        caller(address, 2, values)
+
+
+def test_a_helper_that_fails_or_hangs_leaves_the_build_to_this_process(monkeypatch):
+    from fastnn.kernels.numba import build_apart
+
+    failing = build_apart.start("sys", "exit", 3)
+    build_apart.join(failing)
+    assert failing.returncode == 3
+    monkeypatch.setattr(build_apart, "WAIT_SECONDS", 0.5)
+    hanging = build_apart.start("time", "sleep", 60)
+    build_apart.join(hanging)
+    assert hanging.returncode is not None and hanging.returncode < 0  # stopped, not waited for
+    build_apart.join(None)
+    assert build_apart.start("no_such_module_here", "f").wait(timeout=60) != 0
+
+
+_COLD_FIT = """
+import json, sys, numpy as np, fastnn
+from fastnn.kernels.numba import build_apart, dense_step
+helpers = []
+start = build_apart.start
+build_apart.start = lambda *args: helpers.append(args) or start(*args)
+rng = np.random.default_rng(0)
+X, y = rng.standard_normal((96, 8)).astype(np.float32), rng.integers(0, 3, 96)
+with fastnn.use_backend("numba"):
+    net = fastnn.Network([fastnn.Linear(8, 16, "relu", seed=0), fastnn.Linear(16, 3, seed=1)])
+    history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=2, batch_size=32, seed=0,
+                      progress=False)
+block = dense_step._block_build(True, False, False)
+print(json.dumps({"helpers": len(helpers), "loss": history["loss"][-1],
+                  "block_hits": sum(block.stats.cache_hits.values()),
+                  "loop_hits": sum(dense_step.train_batches.stats.cache_hits.values())}))
+"""
+
+
+def test_a_cold_cache_compiles_half_the_kernel_in_a_helper_and_only_what_the_network_uses(tmp_path):
+    """From an empty cache, a helper process compiles the row block's build and the parallel
+    loop while the fit compiles the rest, and the fit loads those two from the cache; a plain
+    network's builds leave out the LayerNorm, dropout and Adam code (nothing of theirs is
+    cached). With the cache warm, no helper starts."""
+    import json
+    import os
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def fit() -> dict:
+        result = subprocess.run([sys.executable, "-c", _COLD_FIT], capture_output=True, text=True, timeout=600,
+                                env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    cold = fit()
+    assert cold["helpers"] == 1 and cold["block_hits"] == 1 and cold["loop_hits"] == 1
+    names = " ".join(path.name for path in tmp_path.rglob("*.nbi"))
+    assert "_block_task_labels" in names and "_slice_task_sgd" in names
+    for left_out in ("_layer_norm", "masked_copy", "_adam", "_block_task_mse", "_slice_task_none"):
+        assert left_out not in names, f"{left_out} was compiled for a plain SGD cross-entropy fit"
+    warm = fit()
+    assert warm["helpers"] == 0 and warm["block_hits"] == 1 and warm["loss"] == cold["loss"]

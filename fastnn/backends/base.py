@@ -200,6 +200,11 @@ class Backend:
         per build); ``fastnn warmup`` runs the kernels once inside each."""
         yield "default"
 
+    def whole_step_builds(self) -> Iterator[str]:
+        """Compile every build of the whole-step trainer's kernel (``dense_trainer``), if it has
+        builds of its own, naming each group as it is ready (``fastnn warmup``)."""
+        yield from ()
+
     # --- arrays --------------------------------------------------------------------------------
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:

@@ -11,10 +11,11 @@ from .numpy_backend import NumpyBackend
 class NumbaBackend(NumpyBackend):
     name = "numba"
     compiles = True
-    # a digits fit from an empty cache: 27.7 s on an AMD EPYC (Zen 4), 2 vCPUs (42 s before the
-    # passes were compiled apart, when an Intel Xeon, family 6 model 207, took 30-66 s); nearly
-    # all of it the whole-step kernel
-    compile_estimate = "roughly 25-50 s on 2 cores"
+    # the kernels `fastnn train digits` compiles from an empty cache: 6.6-7.5 s on an AMD EPYC
+    # (Zen 4), 2 vCPUs, half of it in a helper process (``kernels/numba/build_apart.py``); 27.7 s
+    # before the kernel's tasks were called by address, 42 s before its passes were (when an
+    # Intel Xeon, family 6 model 207, took 30-66 s)
+    compile_estimate = "roughly 5-15 s on 2 cores"
 
     def __init__(self) -> None:
         # Imported here, not at module level, so that even importing this module compiles and
@@ -31,6 +32,18 @@ class NumbaBackend(NumpyBackend):
 
         found = blas.find()
         return None if found is None else DenseTrainer(plan, self, params, found, batch_size)
+
+    def whole_step_builds(self) -> Iterator[str]:
+        """Every build of the whole-step kernel (``dense_step.every_build``): float64's in a helper
+        process while this one compiles float32's, then loaded from the cache."""
+        from ..kernels.numba import build_apart, dense_step
+
+        helper = build_apart.start(dense_step.__name__, "every_build", "float64")
+        dense_step.every_build("float32")
+        yield "every whole-step build, float32"
+        build_apart.join(helper)
+        dense_step.every_build("float64")
+        yield "every whole-step build, float64"
 
     def kernel_builds(self) -> Iterator[str]:
         """The serial builds (what small arrays use), then the parallel ones (forced by setting

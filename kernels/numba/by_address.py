@@ -1,4 +1,8 @@
-"""Kernels the whole-step kernel calls by address: compiled apart, once each, as C functions.
+"""Kernels the whole-step kernel calls by address: compiled apart, once each.
+
+Two kinds. The elementwise passes and the small GEMM are C functions (``numba.cfunc``), called
+with pointers; the kernel's own tasks, which take some thirty arrays, are jitted functions called
+through their native entry points (``native_address``, ``native_caller``, below).
 
 ``dense_step`` runs each layer's bias + activation pass and its activation backward (the
 ``elementwise`` kernels of the per-layer path) and the register-tiled ``small_gemm``. Called as
@@ -154,10 +158,30 @@ def native_address(dispatcher: Any, signature: Any) -> int:
     """The address of ``dispatcher``'s native entry point for ``signature`` (a Numba signature),
     compiled, or loaded from the on-disk cache, on first use; for ``native_caller``."""
     args = tuple(signature.args)
-    dispatcher.compile(args)
-    NATIVE[dispatcher.py_func.__qualname__] = dispatcher
-    built = dispatcher.overloads[args]
-    return built.library.get_pointer_to_function(built.fndesc.llvm_func_name)
+    address = _ADDRESSES.get((dispatcher, args))
+    if address is None:
+        dispatcher.compile(args)
+        NATIVE[dispatcher.py_func.__qualname__] = dispatcher
+        built = dispatcher.overloads[args]
+        address = _ADDRESSES[dispatcher, args] = built.library.get_pointer_to_function(built.fndesc.llvm_func_name)
+    return address
+
+
+_ADDRESSES: dict[tuple[Any, tuple], int] = {}  # (dispatcher, argument types): its address in this process
+
+
+def in_cache(dispatcher: Any, signature: Any) -> bool | None:
+    """Whether Numba's on-disk cache holds ``dispatcher``'s build for ``signature`` (as
+    ``native_address`` compiles it), read from the cache's index without loading the build; None
+    where that cannot be told (caching off, or Numba's cache internals not as in 0.5x-0.6x)."""
+    if tuple(signature.args) in dispatcher.overloads:  # built or loaded already: no need to look
+        return True
+    try:
+        cache = dispatcher._cache
+        key = cache._index_key(tuple(signature.args), dispatcher.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 (any difference in the internals: cannot tell)
+        return None
 
 
 def _writable(t: types.Type) -> types.Type:

@@ -35,6 +35,14 @@ class DenseTrainer:
         self.blas = blas
         self.threads = max(1, min(numba.get_num_threads(), batch_size // 16))
         block_rows = -(-batch_size // self.threads)
+        # What the threads run, by address (``tasks``): builds for this loss, with the LayerNorm
+        # and dropout code only where a layer has them. Where the row block's build is not in
+        # the cache, a helper process compiles it and the parallel loop while this one compiles
+        # the rest.
+        self.features = (np.dtype(plan.dtype), bool(self.labels), any(layer.norm for layer in plan.layers),
+                         any(layer.dropout > 0 for layer in plan.layers))
+        self._helper = dense_step.build_apart_if_cold(*self.features)
+        self._tasks: dict[str, np.ndarray] = {}
         table, offset, transposed, kept = [], block_rows * plan.layers[0].in_features, 0, 0
         for layer in plan.layers:
             size = block_rows * layer.out_features
@@ -85,10 +93,6 @@ class DenseTrainer:
         self.status = np.zeros(3, np.int64)
         self.phase_ticks = np.zeros((self.threads, 0), np.int64)  # not timed; see ``record_phases``
         self.block_loss = np.zeros((0, self.threads))
-        # what the threads run, by address: builds for this loss, with the LayerNorm and dropout
-        # code only where a layer has them (``tasks``)
-        self.features = (np.dtype(plan.dtype), bool(self.labels), any(layer.norm for layer in plan.layers),
-                         any(layer.dropout > 0 for layer in plan.layers))
         self._reserve(1)  # grown to the largest chunk of batches a call asks for
 
     def _reserve(self, batches: int) -> None:
@@ -132,7 +136,11 @@ class DenseTrainer:
 
     def tasks(self, rule: str) -> np.ndarray:
         """The kernel's ``tasks`` for optimizer rule ``rule`` (``dense_step.task_addresses``)."""
-        return dense_step.task_addresses(*self.features, rule)
+        tasks = self._tasks.get(rule)
+        if tasks is None:
+            tasks = self._tasks[rule] = dense_step.task_addresses(*self.features, rule, self._helper)
+            self._helper = None
+        return tasks
 
     def __enter__(self) -> DenseTrainer:
         """For the whole of a training run: BLAS on one thread, since each row block calls GEMM
