@@ -24,6 +24,7 @@ Conventions (all backends, checked by ``tests/test_conformance.py``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -222,7 +223,7 @@ class Backend:
         never share a 4 KiB page offset pattern with their inputs by accident)."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # (np.prod: ~3 us a call)
         raw = self.xp.empty(nbytes + _PAGE, dtype=np.uint8)
         start = (-raw.ctypes.data) % _PAGE
         return raw[start : start + nbytes].view(dtype).reshape(shape)
