@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import functools
 import math
+import subprocess
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -518,7 +520,7 @@ UPDATE = _no_update
 
 
 @functools.cache
-def _block_build(labels: bool, norm: bool, dropout: bool):
+def _block_build(labels: bool, norm: bool, dropout: bool) -> Any:
     """``_block_task`` for one loss (``labels``: softmax cross-entropy, else MSE), with or without
     the LayerNorm and dropout code."""
     name = f"{'labels' if labels else 'mse'}{'_norm' if norm else ''}{'_dropout' if dropout else ''}"
@@ -527,7 +529,7 @@ def _block_build(labels: bool, norm: bool, dropout: bool):
 
 
 @functools.cache
-def _slice_build(rule: str):
+def _slice_build(rule: str) -> Any:
     """``_slice_task`` for the optimizer rule ``rule`` (``UPDATES``)."""
     return njit(**_FLAGS)(specialised(_slice_task, rule, {"UPDATE": UPDATES[rule]}))
 
@@ -574,7 +576,7 @@ def every_build(dtype: str) -> None:
     train_batches.compile(train_batches_signature(_real(dtype)).args)
 
 
-def build_apart_if_cold(dtype: str, labels: bool, norm: bool, dropout: bool):
+def build_apart_if_cold(dtype: str, labels: bool, norm: bool, dropout: bool) -> subprocess.Popen | None:
     """Where that build of ``_block_task`` is not in the on-disk cache, start compiling it and
     ``train_batches`` in a helper process (``build_apart``); the rest compiles here meanwhile
     (each about half of a cold digits fit's ~12 s). Returns the helper, or None."""
@@ -585,12 +587,13 @@ def build_apart_if_cold(dtype: str, labels: bool, norm: bool, dropout: bool):
                              bool(dropout))
 
 
-def task_addresses(dtype: np.dtype, labels: bool, norm: bool, dropout: bool, rule: str, helper=None) -> np.ndarray:
-    """``train_batches``' ``tasks``: the addresses of the builds
-    of ``_block_task`` (for the loss, and with LayerNorm and dropout code if any layer has them)
-    and of ``_slice_task`` (for the optimizer rule, ``UPDATES``), and of ``_thread``, for data
-    of ``dtype``; each compiled, or loaded from the cache, on first use. ``helper``: a process
-    compiling the ``_block_task`` build (``build_apart_if_cold``), waited for after the others."""
+def task_addresses(dtype: np.dtype, labels: bool, norm: bool, dropout: bool, rule: str,
+                   helper: subprocess.Popen | None = None) -> np.ndarray:
+    """``train_batches``' ``tasks``: the addresses of the builds of ``_block_task`` (for the loss,
+    and with LayerNorm and dropout code if any layer has them) and of ``_slice_task`` (for the
+    optimizer rule, ``UPDATES``), and of ``_thread``, for data of ``dtype``; each compiled, or
+    loaded from the cache, on first use. ``helper``: a process compiling the ``_block_task``
+    build (``build_apart_if_cold``), waited for after the others."""
     real = _real(dtype)
     slice_task = by_address.native_address(_slice_build(rule), slice_task_signature(real))
     thread = by_address.native_address(_thread, thread_signature(real))
