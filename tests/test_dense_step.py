@@ -242,6 +242,28 @@ def test_one_thread_running_both_row_blocks_trains_bit_for_bit_the_same():
     assert result.stdout.strip() == "ok"
 
 
+def test_many_parameter_slices_claimed_by_either_thread_train_bit_for_bit_the_same(digits, monkeypatch):
+    """A large net's phase two has more parameter slices than threads, each claimed by whichever
+    thread is free: every slice sums its blocks' gradients in the same order, so the bits are
+    those of one slice per thread."""
+    from fastnn.kernels.numba import trainer
+
+    X, y = digits
+
+    def trained(slice_parameters: int) -> tuple[np.ndarray, list[float], int]:
+        monkeypatch.setattr(trainer, "SLICE_PARAMETERS", slice_parameters)
+        net = _net("numba")
+        history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.1, momentum=0.9), epochs=3, batch_size=64, seed=0,
+                          progress=False)
+        slices = fastnn.training._dense_trainer(net, fastnn.losses.CrossEntropy(), X, y, 64, fastnn.SGD(0.1)).slices
+        return net.flat_parameters()[0].copy(), history["loss"], slices
+
+    few, many = trained(1 << 16), trained(500)
+    threads = min(numba.get_num_threads(), 4)
+    assert few[2] == (threads if threads > 1 else 1) and many[2] == (8 * threads if threads > 1 else 1)
+    assert np.array_equal(few[0], many[0]) and few[1] == many[1]
+
+
 def test_an_overflowing_update_stops_with_the_parameters_from_before_that_batch(digits, runs):
     X, y = digits
     net = _net("numba")

@@ -619,10 +619,11 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
     non-finite loss, gradient or update with ``status = [done, code, batch]``, the parameters
     left as they were before that batch (``snapshot`` holds them too).
 
-    Scratch kept by the caller across calls, each with at least ``count`` batches' rows (and
-    ``threads`` columns): ``sync`` (int64, two rows a batch: the phases' counters, see
-    ``atomics``), ``block_loss`` (float64) and ``block_correct`` (int64) per row block, ``checks``
-    (bool, ``[0]`` gradients and ``[1]`` parameters finite, per slice).
+    Scratch kept by the caller across calls, each with at least ``count`` batches' rows:
+    ``sync`` (int64, two rows a batch: the phases' counters, see ``atomics``; 1 + the most tasks
+    of a phase columns), ``block_loss`` (float64) and ``block_correct`` (int64), a column per
+    row block (``threads``), ``checks`` (bool, ``[0]`` gradients and ``[1]`` parameters finite,
+    a column per parameter slice: their number, a multiple of ``threads``, is taken from it).
 
     Dropout: ``drop_keys`` (uint64, per layer: keep threshold and seed), ``drop_scales`` (per
     layer, the data's dtype) and ``drop_step`` (uint64, the global step of batch ``first``; batch
@@ -663,6 +664,7 @@ def _thread(worker, X, targets, order, first, count, batch_size, params, wt, gra
     reads): each batch, claim row blocks, wait for all of them, claim parameter slices, wait."""
     n = order.size
     threads = work.shape[0]
+    slices = checks.shape[2]
     grads_ok, params_ok = checks[0], checks[1]
     marks = phase_ticks[worker]
     began = clock.start(marks)
@@ -688,15 +690,18 @@ def _thread(worker, X, targets, order, first, count, batch_size, params, wt, gra
             break
         # Phase two, split across the threads too: a serial tail would let the idle thread
         # sleep, whose wake-up then delays the next batch (measured 53 -> 76 us a step).
+        # Slices: a multiple of the threads (``checks``' columns), each thread starting at its own
+        # share and then taking whatever is left, so a thread that is slower (large nets: one
+        # of the two took twice as long over its half) is helped by the other.
         phase = sync[2 * i + 1]
-        for k in range(threads):
-            c = (worker + k) % threads
+        for k in range(slices):
+            c = (worker * (slices // threads) + k) % slices
             if atomics.claim(phase, c):
-                _call_slice_task(tasks[1], (c, threads, blocks, params, grads, partial, hyper, state1,
+                _call_slice_task(tasks[1], (c, slices, blocks, params, grads, partial, hyper, state1,
                                             state2, step + i + 1, snapshot, grads_ok[i], params_ok[i], marks))
                 atomics.finish(phase)
         since = clock.start(marks)
-        atomics.wait(phase, threads)
+        atomics.wait(phase, slices)
         clock.lap(marks, _WAIT_TWO, since)
         if not (_all(grads_ok[i]) and _all(params_ok[i])):
             break
