@@ -90,6 +90,20 @@ def test_warmup_compiles_every_kernel_ahead_of_time(capsys):
             assert passes.in_cache(dense_step.train_batches, dense_step.train_batches_signature(real))
 
 
+def test_warmups_helper_runs_every_kernel_of_one_dtype_in_each_build(monkeypatch):
+    """What ``fastnn warmup``'s helper process runs (the float64 kernels, while warmup itself runs
+    the float32 ones), here in this process: every kernel of the contract, in each build."""
+    from fastnn import cli
+
+    runs = []
+    every = cli._run_every_kernel
+    monkeypatch.setattr(cli, "_run_every_kernel", lambda backend, dtype: runs.append(dtype) or every(backend, dtype))
+    for name in [n for n, why in fastnn.available_backends().items() if why is None]:
+        runs.clear()
+        cli.run_every_kernel_in_each_build(name, "float64")
+        assert runs == [np.dtype(np.float64)] * len(list(fastnn.backends.backend_for(name).kernel_builds()))
+
+
 def test_info_hints_at_openblas_avx2_kernels_on_an_avx512_cpu():
     from fastnn.info import blas_hints
 

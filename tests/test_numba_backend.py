@@ -132,7 +132,7 @@ def test_a_jitted_function_called_by_address_returns_its_result_and_other_argume
 
 
 def test_a_helper_that_fails_or_hangs_leaves_the_build_to_this_process(monkeypatch):
-    from fastnn.kernels.numba import build_apart
+    from fastnn.kernels import build_apart
 
     failing = build_apart.start("sys", "exit", 3)
     build_apart.join(failing)
@@ -147,7 +147,8 @@ def test_a_helper_that_fails_or_hangs_leaves_the_build_to_this_process(monkeypat
 
 _COLD_FIT = """
 import json, sys, numpy as np, fastnn
-from fastnn.kernels.numba import build_apart, dense_step
+from fastnn.kernels import build_apart
+from fastnn.kernels.numba import dense_step
 helpers = []
 start = build_apart.start
 build_apart.start = lambda *args: helpers.append(args) or start(*args)

@@ -154,6 +154,9 @@ class Backend:
     # ``compile_estimate``, how long a first fit's compilation roughly takes
     compiles: bool = False
     compile_estimate: str = ""
+    # True where each dtype's kernels compile apart (Numba: a build per signature), so that
+    # ``fastnn warmup`` can have a helper process compile float64's while it compiles float32's
+    compiles_each_dtype: bool = False
     # True where ``capture`` records a training step as one replayable graph (``fastnn.graph_step``)
     captures_steps: bool = False
 

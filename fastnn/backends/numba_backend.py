@@ -12,10 +12,11 @@ class NumbaBackend(NumpyBackend):
     name = "numba"
     compiles = True
     # the kernels `fastnn train digits` compiles from an empty cache: 6.6-7.5 s on an AMD EPYC
-    # (Zen 4), 2 vCPUs, half of it in a helper process (``kernels/numba/build_apart.py``); 27.7 s
+    # (Zen 4), 2 vCPUs, half of it in a helper process (``kernels/build_apart.py``); 27.7 s
     # before the kernel's tasks were called by address, 42 s before its passes were (when an
     # Intel Xeon, family 6 model 207, took 30-66 s)
     compile_estimate = "roughly 5-15 s on 2 cores"
+    compiles_each_dtype = True
 
     def __init__(self) -> None:
         # Imported here, not at module level, so that even importing this module compiles and
@@ -36,7 +37,8 @@ class NumbaBackend(NumpyBackend):
     def whole_step_builds(self) -> Iterator[str]:
         """Every build of the whole-step kernel (``dense_step.every_build``): float64's in a helper
         process while this one compiles float32's, then loaded from the cache."""
-        from ..kernels.numba import build_apart, dense_step
+        from ..kernels import build_apart
+        from ..kernels.numba import dense_step
 
         helper = build_apart.start(dense_step.__name__, "every_build", "float64")
         dense_step.every_build("float32")

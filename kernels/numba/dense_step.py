@@ -59,8 +59,9 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
+from .. import build_apart
 from ..blas import NO_TRANS, ROW_MAJOR, TRANS
-from . import atomics, build_apart, by_address, clock, simd
+from . import atomics, by_address, clock, simd
 from .by_address import call_backward, call_forward, call_small_gemm
 from .dropout import masked_copy
 from .jit import specialised, stamped
