@@ -11,7 +11,7 @@ from .numpy_backend import NumpyBackend
 class NumbaBackend(NumpyBackend):
     name = "numba"
     compiles = True
-    # the kernels `fastnn train digits` compiles from an empty cache: 6.6-7.5 s on an AMD EPYC
+    # the kernels `fastnn train digits` compiles from an empty cache: 6.6-9.2 s on an AMD EPYC
     # (Zen 4), 2 vCPUs, half of it in a helper process (``kernels/build_apart.py``); 27.7 s
     # before the kernel's tasks were called by address, 42 s before its passes were (when an
     # Intel Xeon, family 6 model 207, took 30-66 s)
