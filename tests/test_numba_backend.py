@@ -145,6 +145,23 @@ def test_a_helper_that_fails_or_hangs_leaves_the_build_to_this_process(monkeypat
     assert build_apart.start("no_such_module_here", "f").wait(timeout=60) != 0
 
 
+def test_a_helper_imports_as_this_process_does_even_beside_a_module_that_shadows_the_standard_library(
+        tmp_path, monkeypatch):
+    """The helper gets this process's import path (a module only reachable through it is found),
+    set once its interpreter is up: passed as PYTHONPATH it came before the standard library while
+    the interpreter started, and an ``nt.py`` in a script's folder broke ``pathlib`` there."""
+    from fastnn.kernels import build_apart
+
+    (tmp_path / "nt.py").write_text("raise RuntimeError('not the standard library')\n")
+    (tmp_path / "reachable_only_here.py").write_text(
+        "import fastnn.kernels.numba.dense_step\n\ndef touch(path):\n    open(path, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = tmp_path / "marker"
+    helper = build_apart.start("reachable_only_here", "touch", str(marker))
+    assert helper.wait(timeout=120) == 0
+    assert marker.read_text() == "ran"
+
+
 _COLD_FIT = """
 import json, sys, numpy as np, fastnn
 from fastnn.kernels import build_apart

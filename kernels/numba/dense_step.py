@@ -26,7 +26,7 @@ was optimised again in each caller's module. The row block is built per loss and
 the LayerNorm and dropout code, the slice per optimizer rule (``task_addresses``), so a network
 compiles only what it uses; and from an empty cache a helper process compiles the row block and
 the parallel loop while the fit compiles the rest (``build_apart_if_cold``). A cold digits fit
-(``fastnn train digits``) compiles in 6.6-7.5 s instead of 27.7 s (AMD EPYC Zen 4, 2 vCPUs).
+(``fastnn train digits``) compiles in 6.6-9.2 s instead of 27.7 s (AMD EPYC Zen 4, 2 vCPUs).
 
 Each row block makes its own transposed copy of the weights (a row of ``wt``) before its forward:
 a thread then writes and reads its copy in its own cache. When each thread refreshed the part of
@@ -479,15 +479,28 @@ def _c(dtype: types.Type, ndim: int) -> types.Array:
     return types.Array(dtype, ndim, "C")
 
 
+def _shared_arguments(real: types.Type) -> tuple[types.Type, ...]:
+    """The argument types ``_thread`` and ``_block_task`` share, after their first (the worker,
+    the task): ``X``, ``targets``, ``order``, three int64 (the batch's bounds or sizes),
+    ``params``, ``wt``, ``grads``, ``partial``, ``work``, ``layers``, ``alphas``, ``nobias``,
+    ``gemm``, ``ilp64``."""
+    i64 = types.int64
+    return (_c(real, 2), _c(types.float64, 2), _c(i64, 1), i64, i64, i64, _c(real, 1), _c(real, 2), _c(real, 1),
+            _c(real, 2), _c(real, 2), _c(i64, 2), _c(real, 1), _c(real, 1), i64, types.boolean)
+
+
+def _dropout_and_norm_arguments(real: types.Type) -> tuple[types.Type, ...]:
+    """``drop_keys``, ``drop_scales``, ``drop_step``, ``norm_eps``, ``keep``: in both too."""
+    return _c(types.uint64, 2), _c(real, 1), types.uint64, _c(types.float64, 1), _c(types.uint8, 2)
+
+
 @functools.cache
 def block_task_signature(real: types.Type) -> types.Signature:
-    """``_block_task``'s signature for data of the float type ``real``: what ``train_batches``
-    passes it (``DenseTrainer`` gives the kernel C-contiguous arrays throughout)."""
+    """``_block_task``'s signature for data of the float type ``real``: what ``_thread`` passes
+    it (``DenseTrainer`` gives the kernel C-contiguous arrays throughout)."""
     i64, f64 = types.int64, types.float64
-    return types.void(i64, _c(real, 2), _c(f64, 2), _c(i64, 1), i64, i64, i64, _c(real, 1),
-                      _c(real, 2), _c(real, 1), _c(real, 2), _c(real, 2), _c(i64, 2), _c(real, 1), _c(real, 1), i64,
-                      types.boolean, f64, _c(f64, 1), _c(i64, 1), _c(types.uint64, 2), _c(real, 1), types.uint64,
-                      _c(f64, 1), _c(types.uint8, 2), _c(i64, 1))
+    return types.void(i64, *_shared_arguments(real), f64, _c(f64, 1), _c(i64, 1), *_dropout_and_norm_arguments(real),
+                      _c(i64, 1))
 
 
 @functools.cache
@@ -502,11 +515,9 @@ def slice_task_signature(real: types.Type) -> types.Signature:
 def thread_signature(real: types.Type) -> types.Signature:
     """``_thread``'s signature for data of the float type ``real``."""
     i64, f64 = types.int64, types.float64
-    return types.void(i64, _c(real, 2), _c(f64, 2), _c(i64, 1), i64, i64, i64, _c(real, 1),
-                      _c(real, 2), _c(real, 1), _c(real, 2), _c(real, 2), _c(i64, 2), _c(real, 1), _c(real, 1), i64,
-                      types.boolean, _c(f64, 1), _c(real, 1), _c(real, 1), i64, _c(real, 1), _c(i64, 2),
-                      _c(f64, 2), _c(i64, 2), _c(types.boolean, 3), _c(types.uint64, 2), _c(real, 1), types.uint64,
-                      _c(f64, 1), _c(types.uint8, 2), _c(i64, 2), _c(i64, 1))
+    return types.void(i64, *_shared_arguments(real), _c(f64, 1), _c(real, 1), _c(real, 1), i64, _c(real, 1),
+                      _c(i64, 2), _c(f64, 2), _c(i64, 2), _c(types.boolean, 3), *_dropout_and_norm_arguments(real),
+                      _c(i64, 2), _c(i64, 1))
 
 
 _call_thread = by_address.native_caller(lambda args: thread_signature(args[1].dtype))
@@ -567,13 +578,12 @@ BLOCK_VARIANTS = [(labels, norm, dropout) for labels in (True, False) for norm i
 
 
 def every_build(dtype: str) -> None:
-    """Compile (or load from the cache) every build of the kernel for data of ``dtype``: each
-    ``BLOCK_VARIANTS`` build, each ``UPDATES`` rule's, ``_thread`` and ``train_batches``."""
-    for labels, norm, dropout in BLOCK_VARIANTS:
-        block_address(dtype, labels, norm, dropout)
-    for rule in UPDATES:
-        by_address.native_address(_slice_build(rule), slice_task_signature(_real(dtype)))
-    by_address.native_address(_thread, thread_signature(_real(dtype)))
+    """Compile (or load from the cache) every build of the kernel for data of ``dtype``: the
+    ``task_addresses`` of each ``BLOCK_VARIANTS`` build with each ``UPDATES`` rule, and
+    ``train_batches``."""
+    for variant in BLOCK_VARIANTS:
+        for rule in UPDATES:
+            task_addresses(dtype, *variant, rule)
     train_batches.compile(train_batches_signature(_real(dtype)).args)
 
 

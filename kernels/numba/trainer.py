@@ -41,8 +41,8 @@ class DenseTrainer:
         # Parameter slices of phase two, claimed by whichever thread is free: one per thread on
         # a small net (each claim is an atomic on a line both threads use), up to 8 per thread,
         # each of at least SLICE_PARAMETERS, on a large one (``dense_step._thread``). On the
-        # 784-1024-1024-10 net, phase two went from 2.07 to ~1.24 ms a step (one thread's half
-        # had taken twice as long as the other's).
+        # 784-1024-1024-10 net, phase two went from 2.07 to ~1.24 ms a step on an AMD EPYC
+        # (Zen 4, 2 vCPUs), where one thread's half had taken twice as long as the other's.
         self.slices = self.threads * max(1, min(8, params.size // SLICE_PARAMETERS)) if self.threads > 1 else 1
         # What the threads run, by address (``tasks``): builds for this loss, with the LayerNorm
         # and dropout code only where a layer has them. Where the row block's build is not in
