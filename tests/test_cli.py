@@ -80,11 +80,13 @@ def test_warmup_compiles_every_kernel_ahead_of_time(capsys):
         assert "every whole-step build, float64 ready (" in outputs["numba"]
         from numba import types
 
-        from fastnn.kernels.numba import dense_step
+        from fastnn.kernels.numba import dense_step, wide_step
 
         for real in (types.float32, types.float64):
             for variant in dense_step.BLOCK_VARIANTS:
                 assert passes.in_cache(dense_step._block_build(*variant), dense_step.block_task_signature(real))
+            for labels in (True, False):  # the wide schedule's thread, per loss
+                assert passes.in_cache(wide_step._wide_build(labels), dense_step.thread_signature(real))
             for rule in dense_step.UPDATES:
                 assert passes.in_cache(dense_step._slice_build(rule), dense_step.slice_task_signature(real))
             assert passes.in_cache(dense_step.train_batches, dense_step.train_batches_signature(real))

@@ -196,10 +196,16 @@ def test_one_step_matches_the_float64_reference(digits):
 # In a child process: were a thread to wait for one that never comes, the test fails on the
 # timeout instead of hanging the suite.
 ONE_THREAD_RUNS_EVERY_BLOCK = textwrap.dedent("""
+    import sys
     import numba
     import numpy as np
     import fastnn
-    from fastnn.kernels.numba import trainer
+    from fastnn.kernels.numba import trainer, wide_step
+
+    wide = sys.argv[1] == "wide"
+    if wide:  # every layer on BLAS: the wide schedule, with several tasks a stage
+        trainer.SMALL_GEMM_MAX_BYTES = 0
+        wide_step.COLUMNS_PER_TASK = 8
 
     def train(threads_at_run_time):
         X, _, y, _ = fastnn.datasets.digits()
@@ -209,6 +215,7 @@ ONE_THREAD_RUNS_EVERY_BLOCK = textwrap.dedent("""
 
             def run_on(self, *args, **kwargs):
                 assert self.threads == 2  # the batches still split into two row blocks
+                assert self.wide == wide
                 numba.set_num_threads(threads_at_run_time)
                 try:
                     return run(self, *args, **kwargs)
@@ -232,12 +239,14 @@ ONE_THREAD_RUNS_EVERY_BLOCK = textwrap.dedent("""
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs numba to allow two threads")
-def test_one_thread_running_both_row_blocks_trains_bit_for_bit_the_same():
-    """The kernel's threads share each batch's row blocks and parameter slices by claiming them
-    (``atomics``): with one thread left at run time it runs all of them itself, and since each
-    block writes its own buffers and the sums keep their order, nothing changes."""
-    result = subprocess.run([sys.executable, "-c", ONE_THREAD_RUNS_EVERY_BLOCK], capture_output=True, text=True,
-                            timeout=600)
+@pytest.mark.parametrize("schedule", ["row blocks", "wide"])
+def test_one_thread_running_every_task_trains_bit_for_bit_the_same(schedule):
+    """The kernel's threads share each batch's row blocks (or the wide schedule's tasks) and
+    parameter slices by claiming them (``atomics``): with one thread left at run time it runs all
+    of them itself, and since each task writes its own buffers and the sums keep their order,
+    nothing changes."""
+    result = subprocess.run([sys.executable, "-c", ONE_THREAD_RUNS_EVERY_BLOCK, schedule.split()[0]],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -539,12 +548,14 @@ def test_one_build_of_the_trainer_serves_both_losses():
     assert {"float32", "float64"} <= set(builds) and len(builds) == len(set(builds)), builds
 
 
-def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits, monkeypatch):
+@pytest.mark.parametrize("schedule", ["row blocks", "wide"])
+def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits, monkeypatch, request, schedule):
     """``record_phases``: per thread, cycle-counter time in each phase of the step, which together
     never exceed the thread's whole time in the kernel; the training is the same bits as
     unrecorded, and reading phases that are not being recorded is an error that says so."""
     from fastnn.kernels.numba import clock, dense_step
 
+    made = request.getfixturevalue("wide") if schedule == "wide" else None
     X, y = digits
     finals = []
     for record in (False, True):
@@ -566,6 +577,8 @@ def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits
                                    losses, correct)[:2] == (5, None)
         finals.append(params.copy())
     np.testing.assert_array_equal(finals[0], finals[1])
+    if made is not None:
+        _assert_wide(made)
 
     seconds = trainer.phase_seconds()
     assert list(seconds) == [*dense_step.PHASES, "other", "whole"]
@@ -580,3 +593,145 @@ def test_recording_the_phases_times_every_thread_and_trains_the_same_bits(digits
     assert (seconds["forward GEMMs"] + seconds["backward GEMMs"]).sum() > 0
     for name in (*dense_step.PHASES, "other"):
         assert (seconds[name] >= 0).all(), (name, seconds[name])
+
+
+# --- the wide schedule (``wide_step``): each GEMM over the whole batch, its columns split ------------
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    """The trainers made while it is in use (a list), with the test nets' layers on BLAS, so
+    that they take the wide schedule, and few columns per task, so that its stages have several
+    tasks each (the digits net's widths are 48, 24 and 10)."""
+    from fastnn.kernels.numba import trainer, wide_step
+
+    made = []
+    init = trainer.DenseTrainer.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", 0)
+    monkeypatch.setattr(wide_step, "COLUMNS_PER_TASK", 8)
+    monkeypatch.setattr(trainer.DenseTrainer, "__init__", recording)
+    return made
+
+
+def _assert_wide(made):
+    assert made and all(trainer.wide == (trainer.threads > 1) for trainer in made)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("optimizer", ["sgd-nesterov-wd", "adam"])
+@pytest.mark.parametrize("activations", ["smooth", "others"])
+@pytest.mark.parametrize("head", ["BLAS", "JIT"])
+def test_the_wide_schedule_trains_as_the_per_layer_numpy_backend(digits, runs, wide, monkeypatch, dtype, optimizer,
+                                                                 activations, loss, head):
+    """Losses, accuracies and parameters after 3 epochs (shuffled, a short last batch), the last
+    layer on BLAS or on the JIT GEMM (its forward then reads a transposed copy)."""
+    from fastnn.kernels.numba import trainer
+
+    if head == "JIT":  # the 24x10 last layer small, the others not
+        monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", 24 * 10 * np.dtype(dtype).itemsize)
+    X, y = digits
+    target = y if loss == "cross_entropy" else fastnn.datasets.one_hot(y, 10)
+    results = {}
+    for backend in ("numpy", "numba"):
+        net = _net(backend, dtype, ACTIVATION_SETS[activations], bias=activations == "smooth")
+        history = net.fit(X, target, loss, OPTIMIZERS[optimizer](), epochs=3, batch_size=64, seed=1,
+                          progress=False)
+        results[backend] = history, net.flat_parameters()[0].copy()
+    assert runs
+    _assert_wide(wide)
+    assert [bool(row[8] >= 0) for row in wide[0].layers] == [False, False, head == "JIT"]
+    (h_np, p_np), (h_nb, p_nb) = results["numpy"], results["numba"]
+    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
+    np.testing.assert_allclose(h_nb["loss"], h_np["loss"], **tol)
+    np.testing.assert_allclose(h_nb["accuracy"], h_np["accuracy"], atol=2 / len(X))
+    np.testing.assert_allclose(p_nb, p_np, **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("sizes", [[(64, 48), (48, 24), (24, 10)], [(784, 1024), (1024, 1024), (1024, 10)],
+                                   [(5, 3), (3, 1)]])
+def test_the_wide_schedule_covers_every_column_once_in_stage_order(sizes, threads):
+    """Gather, the forward of each layer but the last, the head, then per layer from the last
+    its weight gradients (with the input gradients of the layer below): each stage's runs cover
+    their columns once, on 64-byte boundaries."""
+    from fastnn.kernels.numba import wide_step as w
+
+    schedule = w.schedule_for(sizes, threads)
+    stages = [schedule[schedule[:, 0] == s] for s in range(schedule[-1, 0] + 1)]
+    assert list(schedule[:, 0]) == sorted(schedule[:, 0])
+    last = len(sizes) - 1
+    expected = [{(w.GATHER, 0)}, *[{(w.FORWARD, layer)} for layer in range(last)], {(w.HEAD, last)},
+                *[{(w.WEIGHT_GRAD, layer)} | ({(w.INPUT_GRAD, layer)} if layer else set())
+                  for layer in range(last, -1, -1)]]
+    assert [set(map(tuple, stage[:, 1:3].tolist())) for stage in stages] == expected
+    for stage in stages:
+        for kind, layer in set(map(tuple, stage[:, 1:3].tolist())):
+            runs = stage[(stage[:, 1] == kind) & (stage[:, 2] == layer)][:, 3:]
+            if kind in (w.GATHER, w.HEAD):
+                assert runs.tolist() == [[t, t + 1] for t in range(threads)]
+                continue
+            width = sizes[layer][1] if kind in (w.FORWARD, w.WEIGHT_GRAD) else sizes[layer][0]
+            assert runs[0, 0] == 0 and runs[-1, 1] == width and (runs[1:, 0] == runs[:-1, 1]).all()
+            assert (runs[:, 0] % 16 == 0).all() and (runs[:, 1] > runs[:, 0]).all()
+            assert len(runs) <= 4 * threads
+
+
+def test_dropout_and_layer_norm_keep_the_row_blocks(digits, wide):
+    """Only the row blocks have the dropout and LayerNorm code."""
+    X, y = digits
+    for net in (_dropout_net("numba", np.float32), _norm_net("numba", np.float32), _net("numba")):
+        fastnn.training._dense_trainer(net, fastnn.losses.CrossEntropy(), X, y, 64, fastnn.SGD(0.1))
+    assert [trainer.wide for trainer in wide] == [False, False, wide[2].threads > 1]
+
+
+def test_the_wide_schedule_gives_the_gradients_of_data_parallel_training(digits, wide, monkeypatch, dtype):
+    """``DenseTrainer.gradients`` (rule "none": the parameters stay): the loss and gradient of
+    one batch as the row blocks give them, to rounding."""
+    from fastnn.kernels.numba import trainer as numba_trainer
+
+    X, y = digits
+    results = []
+    for schedule in (True, False):
+        monkeypatch.setattr(numba_trainer, "WIDE_SCHEDULE", schedule)
+        net = _net("numba", dtype, ("tanh", "relu", None))
+        params, grads = net.flat_parameters()
+        before = params.copy()
+        trainer = fastnn.training._dense_trainer(net, fastnn.losses.CrossEntropy(), X, y, 64, fastnn.SGD(0.1))
+        Xc, targets = trainer.inputs(X.astype(dtype), y)
+        loss, correct = np.empty(1), np.empty(1)
+        with trainer:
+            trainer.gradients(Xc, targets, np.arange(7, 7 + 50), grads, params.copy(), loss, correct)
+        np.testing.assert_array_equal(params, before)
+        results.append((loss[0], correct[0], grads.copy()))
+    assert [trainer.wide for trainer in wide] == [wide[0].threads > 1, False]
+    (loss_w, correct_w, grads_w), (loss_r, correct_r, grads_r) = results
+    tol = {"rtol": 2e-5, "atol": 1e-7} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    assert correct_w == correct_r
+    np.testing.assert_allclose(loss_w, loss_r, **tol)
+    np.testing.assert_allclose(grads_w, grads_r, **tol)
+    assert np.abs(grads_w).max() > 0
+
+
+def test_the_wide_schedule_stops_on_an_overflowing_update_or_a_diverging_loss(digits, runs, wide):
+    """The guard as on the row blocks: the parameters from before the failing batch."""
+    X, y = digits
+    net = _net("numba")
+    before = net.flat_parameters()[0].copy()
+    with pytest.raises(NonFiniteError, match=r"epoch 1, batch 1: the parameter update overflowed"):
+        net.fit(X * 1000, y, "cross_entropy", fastnn.SGD(1e38), epochs=1, batch_size=64, progress=False)
+    np.testing.assert_array_equal(net.flat_parameters()[0], before)
+    net = _net("numba")
+    with pytest.raises(NonFiniteError, match=r"epoch 1, batch 2: the loss became nan; .*before this batch"):
+        net.fit(X * 1e4, y, "cross_entropy", fastnn.SGD(1e30), epochs=1, batch_size=64, shuffle=False,
+                progress=False)
+    after_one_step = _net("numba")
+    after_one_step.fit(X[:64] * 1e4, y[:64], "cross_entropy", fastnn.SGD(1e30), epochs=1, batch_size=64,
+                       shuffle=False, progress=False)
+    np.testing.assert_array_equal(net.flat_parameters()[0], after_one_step.flat_parameters()[0])
+    assert runs
+    _assert_wide(wide)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -165,7 +166,9 @@ def test_a_helper_imports_as_this_process_does_even_beside_a_module_that_shadows
 _COLD_FIT = """
 import json, sys, numpy as np, fastnn
 from fastnn.kernels import build_apart
-from fastnn.kernels.numba import dense_step
+from fastnn.kernels.numba import dense_step, trainer, wide_step
+if sys.argv[1] == "wide":  # every layer on BLAS: the wide schedule
+    trainer.SMALL_GEMM_MAX_BYTES = 0
 helpers = []
 start = build_apart.start
 build_apart.start = lambda *args: helpers.append(args) or start(*args)
@@ -175,34 +178,39 @@ with fastnn.use_backend("numba"):
     net = fastnn.Network([fastnn.Linear(8, 16, "relu", seed=0), fastnn.Linear(16, 3, seed=1)])
     history = net.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=2, batch_size=32, seed=0,
                       progress=False)
-block = dense_step._block_build(True, False, False)
+block = dense_step._block_build(True, False, False) if sys.argv[1] == "row" else wide_step._wide_build(True)
 print(json.dumps({"helpers": len(helpers), "loss": history["loss"][-1],
                   "block_hits": sum(block.stats.cache_hits.values()),
                   "loop_hits": sum(dense_step.train_batches.stats.cache_hits.values())}))
 """
 
 
-def test_a_cold_cache_compiles_half_the_kernel_in_a_helper_and_only_what_the_network_uses(tmp_path):
-    """From an empty cache, a helper process compiles the row block's build and the parallel
-    loop while the fit compiles the rest, and the fit loads those two from the cache; a plain
-    network's builds leave out the LayerNorm, dropout and Adam code (nothing of theirs is
-    cached). With the cache warm, no helper starts."""
+@pytest.mark.parametrize("schedule", ["row blocks", pytest.param("wide", marks=pytest.mark.skipif(
+    numba.config.NUMBA_NUM_THREADS < 2, reason="the wide schedule is taken with two threads or more"))])
+def test_a_cold_cache_compiles_half_the_kernel_in_a_helper_and_only_what_the_network_uses(tmp_path, schedule):
+    """From an empty cache, a helper process compiles the row block's build (on the wide
+    schedule: its thread's build) and the parallel loop while the fit compiles the rest, and the
+    fit loads those two from the cache; a plain network's builds leave out the LayerNorm,
+    dropout and Adam code (nothing of theirs is cached), and the schedule it does not take.
+    With the cache warm, no helper starts."""
     import json
     import os
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
 
     def fit() -> dict:
-        result = subprocess.run([sys.executable, "-c", _COLD_FIT], capture_output=True, text=True, timeout=600,
-                                env=env)
+        result = subprocess.run([sys.executable, "-c", _COLD_FIT, schedule.split()[0]], capture_output=True,
+                                text=True, timeout=600, env=env)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     cold = fit()
     assert cold["helpers"] == 1 and cold["block_hits"] == 1 and cold["loop_hits"] == 1
     names = " ".join(path.name for path in tmp_path.rglob("*.nbi"))
-    assert "_block_task_labels" in names and "_slice_task_sgd" in names
-    for left_out in ("_layer_norm", "masked_copy", "_adam", "_block_task_mse", "_slice_task_none"):
+    taken, not_taken = ("_block_task_labels", "_wide_thread") if schedule == "row blocks" else \
+        ("_wide_thread_labels", "_block_task")
+    assert taken in names and "_slice_task_sgd" in names
+    for left_out in ("_layer_norm", "masked_copy", "_adam", "_block_task_mse", "_slice_task_none", not_taken):
         assert left_out not in names, f"{left_out} was compiled for a plain SGD cross-entropy fit"
     warm = fit()
     assert warm["helpers"] == 0 and warm["block_hits"] == 1 and warm["loss"] == cold["loss"]

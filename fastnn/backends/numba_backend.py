@@ -35,16 +35,16 @@ class NumbaBackend(NumpyBackend):
         return None if found is None else DenseTrainer(plan, self, params, found, batch_size)
 
     def whole_step_builds(self) -> Iterator[str]:
-        """Every build of the whole-step kernel (``dense_step.every_build``): float64's in a helper
+        """Every build of the whole-step kernel (``trainer.every_build``): float64's in a helper
         process while this one compiles float32's, then loaded from the cache."""
         from ..kernels import build_apart
-        from ..kernels.numba import dense_step
+        from ..kernels.numba import trainer
 
-        helper = build_apart.start(dense_step.__name__, "every_build", "float64")
-        dense_step.every_build("float32")
+        helper = build_apart.start(trainer.__name__, "every_build", "float64")
+        trainer.every_build("float32")
         yield "every whole-step build, float32"
         build_apart.join(helper)
-        dense_step.every_build("float64")
+        trainer.every_build("float64")
         yield "every whole-step build, float64"
 
     def kernel_builds(self) -> Iterator[str]:

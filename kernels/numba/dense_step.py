@@ -517,7 +517,7 @@ def thread_signature(real: types.Type) -> types.Signature:
     i64, f64 = types.int64, types.float64
     return types.void(i64, *_shared_arguments(real), _c(f64, 1), _c(real, 1), _c(real, 1), i64, _c(real, 1),
                       _c(i64, 2), _c(f64, 2), _c(i64, 2), _c(types.boolean, 3), *_dropout_and_norm_arguments(real),
-                      _c(i64, 2), _c(i64, 1))
+                      _c(i64, 2), _c(i64, 1), _c(i64, 2))
 
 
 _call_thread = by_address.native_caller(lambda args: thread_signature(args[1].dtype))
@@ -617,22 +617,24 @@ def task_addresses(dtype: np.dtype, labels: bool, norm: bool, dropout: bool, rul
 def train_batches(X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers,
                   alphas, nobias, gemm, ilp64, hyper, state1, state2, step, snapshot, batch_losses, batch_correct,
                   status, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step, norm_eps,
-                  keep, phase_ticks, tasks):
+                  keep, phase_ticks, tasks, schedule):
     """Run batches ``first .. first + count - 1`` of an epoch whose sample order is ``order``.
     ``targets`` float64 ``(N, columns)``: class labels in column 0 for softmax cross-entropy,
     else the regression targets (MSE); one type for both keeps one signature a dtype.
 
     ``tasks`` (int64, ``task_addresses``): what the threads run, by address. The builds there
     decide the loss, whether the LayerNorm and dropout code is in, and the optimizer rule
-    (``hyper``: its hyperparameters, ``Optimizer.fused_hyperparameters``).
+    (``hyper``: its hyperparameters, ``Optimizer.fused_hyperparameters``); ``tasks[2]``, the
+    threads' body, decides the schedule: ``_thread``'s row blocks, or ``wide_step``'s stages,
+    which ``schedule`` lists (int64, a row per task; unread by the row blocks).
 
     Per batch: loss and correct count into ``batch_losses``/``batch_correct``; stops early on a
     non-finite loss, gradient or update with ``status = [done, code, batch]``, the parameters
     left as they were before that batch (``snapshot`` holds them too).
 
     Scratch kept by the caller across calls, each with at least ``count`` batches' rows:
-    ``sync`` (int64, two rows a batch: the phases' counters, see ``atomics``; 1 + the most tasks
-    of a phase columns), ``block_loss`` (float64) and ``block_correct`` (int64), a column per
+    ``sync`` (int64, a row per phase of a batch, the same number for every batch: the phases'
+    counters, see ``atomics``; 1 + the most tasks of a phase columns), ``block_loss`` (float64) and ``block_correct`` (int64), a column per
     row block (``threads``), ``checks`` (bool, ``[0]`` gradients and ``[1]`` parameters finite,
     a column per parameter slice: their number, a multiple of ``threads``, is taken from it).
 
@@ -656,12 +658,12 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
     # compiled apart (the work before and after the loop, and the checks in it, were ~2 s of
     # a cold compile of ~28 s).
     threads = work.shape[0]
-    _reset(sync, checks, status, count)
+    _reset(sync, checks, status, count, block_loss.shape[0])
     for worker in prange(threads):
         _call_thread(tasks[2], (np.int64(worker), X, targets, order, first, count, batch_size, params, wt, grads,
                                 partial, work, layers, alphas, nobias, gemm, ilp64, hyper, state1, state2, step,
                                 snapshot, sync, block_loss, block_correct, checks, drop_keys, drop_scales, drop_step,
-                                norm_eps, keep, phase_ticks, tasks))
+                                norm_eps, keep, phase_ticks, tasks, schedule))
     _record(order.size, first, count, batch_size, threads, params, snapshot, batch_losses, batch_correct, status,
             block_loss, block_correct, checks[0], checks[1])
 
@@ -670,9 +672,10 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
 @stamped
 def _thread(worker, X, targets, order, first, count, batch_size, params, wt, grads, partial, work, layers,
             alphas, nobias, gemm, ilp64, hyper, state1, state2, step, snapshot, sync, block_loss, block_correct,
-            checks, drop_keys, drop_scales, drop_step, norm_eps, keep, phase_ticks, tasks):
+            checks, drop_keys, drop_scales, drop_step, norm_eps, keep, phase_ticks, tasks, schedule):
     """Thread ``worker``'s part of ``train_batches`` (its arguments, less those only ``_record``
-    reads): each batch, claim row blocks, wait for all of them, claim parameter slices, wait."""
+    reads) on the row-block schedule: each batch, claim row blocks, wait for all of them, claim
+    parameter slices, wait. (``schedule`` is the wide schedule's, ``wide_step``: unread here.)"""
     n = order.size
     threads = work.shape[0]
     slices = checks.shape[2]
@@ -721,9 +724,11 @@ def _thread(worker, X, targets, order, first, count, batch_size, params, wt, gra
 
 @njit(**_FLAGS)
 @stamped
-def _reset(sync, checks, status, count):
-    """``train_batches``' scratch before a call."""
-    sync[:2 * count] = 0  # two phases a batch, a row each: [tasks done, claimed flag per task]
+def _reset(sync, checks, status, count, capacity):
+    """``train_batches``' scratch before a call (``capacity``: the batches it has room for)."""
+    # a row per phase (two a batch on the row-block schedule, more on the wide one), each
+    # [tasks done, claimed flag per task]
+    sync[:sync.shape[0] // capacity * count] = 0
     checks[:, :count] = True  # (a slice with no parameters writes nothing)
     status[0], status[1], status[2] = 0, OK, 0
 

@@ -11,15 +11,25 @@ import numpy as np
 
 from .. import blas as _blas
 from ..numpy.dropout import threshold_and_scale
-from . import by_address, clock, dense_step
+from . import by_address, clock, dense_step, wide_step
 from .scalar import CODES
 from .small_gemm import SMALL_GEMM_MAX_BYTES
 
 # The fewest parameters per slice of phase two before a thread gets more than one slice to claim.
 SLICE_PARAMETERS = 1 << 16
+# Whether networks whose layers are all on BLAS (but the last) take the wide schedule
+# (``wide_step``); False keeps every network on the row blocks (for comparisons).
+WIDE_SCHEDULE = True
 
 FAILURES = {dense_step.LOSS_NOT_FINITE: "loss", dense_step.GRAD_NOT_FINITE: "gradient",
             dense_step.UPDATE_NOT_FINITE: "update"}
+
+
+def every_build(dtype: str) -> None:
+    """Compile (or load from the cache) every build of the whole-step kernel for data of
+    ``dtype``, on both schedules (``dense_step.every_build``, ``wide_step.every_build``)."""
+    dense_step.every_build(dtype)
+    wide_step.every_build(dtype)
 
 
 class DenseTrainer:
@@ -48,16 +58,35 @@ class DenseTrainer:
         # and dropout code only where a layer has them. Where the row block's build is not in
         # the cache, a helper process compiles it and the parallel loop while this one compiles
         # the rest.
-        self.features = (np.dtype(plan.dtype), bool(self.labels), any(layer.norm for layer in plan.layers),
-                         any(layer.dropout > 0 for layer in plan.layers))
-        self._helper = dense_step.build_apart_if_cold(*self.features)
+        dtype = np.dtype(plan.dtype)
+        norm, dropout = any(layer.norm for layer in plan.layers), any(layer.dropout > 0 for layer in plan.layers)
+        small = [layer.in_features * layer.out_features * dtype.itemsize <= SMALL_GEMM_MAX_BYTES
+                 for layer in plan.layers]
+        # The wide schedule (``wide_step``) where every layer but the last is on BLAS: its GEMMs
+        # take the whole batch. Not with dropout or LayerNorm, which only the row blocks have.
+        self.wide = (WIDE_SCHEDULE and self.threads > 1 and len(plan.layers) > 1
+                     and not (norm or dropout or any(small[:-1])))
+        if self.wide:
+            self.schedule_module: Any = wide_step
+            self.features: tuple[Any, ...] = (dtype, bool(self.labels))
+            self.schedule = wide_step.schedule_for([(layer.in_features, layer.out_features) for layer in plan.layers],
+                                                   self.threads)
+            self.phases_per_batch = int(self.schedule[-1, 0]) + 2
+            most_tasks = int(np.bincount(self.schedule[:, 0]).max())
+        else:
+            self.schedule_module = dense_step
+            self.features = (dtype, bool(self.labels), norm, dropout)
+            self.schedule = np.zeros((0, 5), np.int64)
+            self.phases_per_batch = 2
+            most_tasks = self.threads
+        self.most_tasks = max(most_tasks, self.slices)
+        self._helper = self.schedule_module.build_apart_if_cold(*self.features)
         self._tasks: dict[str, np.ndarray] = {}
         table, offset, transposed, kept = [], block_rows * plan.layers[0].in_features, 0, 0
-        for layer in plan.layers:
+        for layer, small in zip(plan.layers, small):
             size = block_rows * layer.out_features
             weights = layer.in_features * layer.out_features
             # small weights: the JIT GEMM, with a transposed copy for the forward; large: BLAS
-            small = weights * np.dtype(plan.dtype).itemsize <= SMALL_GEMM_MAX_BYTES
             row = [layer.in_features, layer.out_features, CODES.index(layer.activation),
                    layer.weight_offset, -1 if layer.bias_offset is None else layer.bias_offset,
                    offset, offset + size, offset + 2 * size, transposed if small else -1, offset + 3 * size]
@@ -76,7 +105,6 @@ class DenseTrainer:
             else:
                 row += [-1] * 6
             # [18, 19]: the activation's passes, [20]: the bias add before a LayerNorm (by address)
-            dtype = np.dtype(plan.dtype)
             row += [by_address.forward_address(layer.activation, dtype),
                     by_address.backward_address(layer.activation, dtype),
                     by_address.forward_address("identity", dtype) if layer.norm else 0,
@@ -109,7 +137,7 @@ class DenseTrainer:
         calls so that a step allocates nothing."""
         if batches <= self.block_loss.shape[0]:
             return
-        self.sync = np.zeros((2 * batches, 1 + max(self.threads, self.slices)), np.int64)
+        self.sync = np.zeros((self.phases_per_batch * batches, 1 + self.most_tasks), np.int64)
         self.block_loss = np.zeros((batches, self.threads))
         self.block_correct = np.zeros((batches, self.threads), np.int64)
         self.checks = np.ones((2, batches, self.slices), np.bool_)
@@ -147,7 +175,7 @@ class DenseTrainer:
         """The kernel's ``tasks`` for optimizer rule ``rule`` (``dense_step.task_addresses``)."""
         tasks = self._tasks.get(rule)
         if tasks is None:
-            tasks = self._tasks[rule] = dense_step.task_addresses(*self.features, rule, self._helper)
+            tasks = self._tasks[rule] = self.schedule_module.task_addresses(*self.features, rule, self._helper)
             self._helper = None
         return tasks
 
@@ -180,7 +208,7 @@ class DenseTrainer:
                                  optimizer.steps, snapshot, batch_losses, batch_correct, self.status, self.sync,
                                  self.block_loss, self.block_correct, self.checks, self.drop_keys, self.drop_scales,
                                  np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks,
-                                 self.tasks(optimizer.fused_rule))
+                                 self.tasks(optimizer.fused_rule), self.schedule)
         done, code, batch = (int(v) for v in self.status)
         optimizer.steps += done
         return done, FAILURES.get(code), batch
@@ -200,4 +228,4 @@ class DenseTrainer:
                                  snapshot, 0, snapshot, loss, correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
                                  np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks,
-                                 self.tasks("none"))
+                                 self.tasks("none"), self.schedule)
