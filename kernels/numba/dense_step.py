@@ -634,9 +634,10 @@ def train_batches(X, targets, order, first, count, batch_size, params, wt, grads
 
     Scratch kept by the caller across calls, each with at least ``count`` batches' rows:
     ``sync`` (int64, a row per phase of a batch, the same number for every batch: the phases'
-    counters, see ``atomics``; 1 + the most tasks of a phase columns), ``block_loss`` (float64) and ``block_correct`` (int64), a column per
-    row block (``threads``), ``checks`` (bool, ``[0]`` gradients and ``[1]`` parameters finite,
-    a column per parameter slice: their number, a multiple of ``threads``, is taken from it).
+    counters, see ``atomics``; 1 + the most tasks of a phase columns), ``block_loss`` (float64)
+    and ``block_correct`` (int64), a column per row block (``threads``), ``checks`` (bool, ``[0]``
+    gradients and ``[1]`` parameters finite, a column per parameter slice: their number, a
+    multiple of ``threads``, is taken from it).
 
     Dropout: ``drop_keys`` (uint64, per layer: keep threshold and seed), ``drop_scales`` (per
     layer, the data's dtype) and ``drop_step`` (uint64, the global step of batch ``first``; batch

@@ -60,12 +60,12 @@ class DenseTrainer:
         # the rest.
         dtype = np.dtype(plan.dtype)
         norm, dropout = any(layer.norm for layer in plan.layers), any(layer.dropout > 0 for layer in plan.layers)
-        small = [layer.in_features * layer.out_features * dtype.itemsize <= SMALL_GEMM_MAX_BYTES
-                 for layer in plan.layers]
+        on_jit_gemm = [layer.in_features * layer.out_features * dtype.itemsize <= SMALL_GEMM_MAX_BYTES
+                       for layer in plan.layers]
         # The wide schedule (``wide_step``) where every layer but the last is on BLAS: its GEMMs
         # take the whole batch. Not with dropout or LayerNorm, which only the row blocks have.
         self.wide = (WIDE_SCHEDULE and self.threads > 1 and len(plan.layers) > 1
-                     and not (norm or dropout or any(small[:-1])))
+                     and not (norm or dropout or any(on_jit_gemm[:-1])))
         if self.wide:
             self.schedule_module: Any = wide_step
             self.features: tuple[Any, ...] = (dtype, bool(self.labels))
@@ -83,7 +83,7 @@ class DenseTrainer:
         self._helper = self.schedule_module.build_apart_if_cold(*self.features)
         self._tasks: dict[str, np.ndarray] = {}
         table, offset, transposed, kept = [], block_rows * plan.layers[0].in_features, 0, 0
-        for layer, small in zip(plan.layers, small):
+        for layer, small in zip(plan.layers, on_jit_gemm):
             size = block_rows * layer.out_features
             weights = layer.in_features * layer.out_features
             # small weights: the JIT GEMM, with a transposed copy for the forward; large: BLAS

@@ -47,9 +47,29 @@ from .. import build_apart
 from ..blas import NO_TRANS, TRANS
 from . import atomics, by_address, clock, dense_step
 from .by_address import backward_columns, call_backward, call_forward, call_small_gemm, forward_columns
-from .dense_step import (_ACTIVATION_BACKWARD, _BACKWARD_GEMM, _BIAS_ACTIVATION, _BIAS_GRADIENT, _FLAGS,
-                         _FORWARD_GEMM, _GATHER, _LOSS, _TRANSPOSE, _WAIT_ONE, _WAIT_TWO, WHOLE, _all,
-                         _call_slice_task, _gemm, _loss_and_grad, _real, _row_blocks, _sum, _view, transpose_weights)
+from .dense_step import (
+    _ACTIVATION_BACKWARD,
+    _BACKWARD_GEMM,
+    _BIAS_ACTIVATION,
+    _BIAS_GRADIENT,
+    _FLAGS,
+    _FORWARD_GEMM,
+    _GATHER,
+    _LOSS,
+    _TRANSPOSE,
+    _WAIT_ONE,
+    _WAIT_TWO,
+    WHOLE,
+    _all,
+    _call_slice_task,
+    _gemm,
+    _loss_and_grad,
+    _real,
+    _row_blocks,
+    _sum,
+    _view,
+    transpose_weights,
+)
 from .jit import specialised, stamped
 from .scalar import like
 
