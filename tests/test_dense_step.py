@@ -656,23 +656,28 @@ def test_the_wide_schedule_trains_as_the_per_layer_numpy_backend(digits, runs, w
 @pytest.mark.parametrize("sizes", [[(64, 48), (48, 24), (24, 10)], [(784, 1024), (1024, 1024), (1024, 10)],
                                    [(5, 3), (3, 1)]])
 def test_the_wide_schedule_covers_every_column_once_in_stage_order(sizes, threads):
-    """Gather, the forward of each layer but the last, the head, then per layer from the last
-    its weight gradients (with the input gradients of the layer below): each stage's runs cover
-    their columns once, on 64-byte boundaries."""
+    """Gather, the forward GEMMs of each layer but the last (each but the last hidden layer's
+    then activated by row blocks), the head, then per layer from the last its weight gradients
+    with the input gradients of the layer below, and that layer's delta by row blocks: each
+    column stage's runs cover their columns once, on 64-byte boundaries."""
     from fastnn.kernels.numba import wide_step as w
 
     schedule = w.schedule_for(sizes, threads)
     stages = [schedule[schedule[:, 0] == s] for s in range(schedule[-1, 0] + 1)]
     assert list(schedule[:, 0]) == sorted(schedule[:, 0])
     last = len(sizes) - 1
-    expected = [{(w.GATHER, 0)}, *[{(w.FORWARD, layer)} for layer in range(last)], {(w.HEAD, last)},
-                *[{(w.WEIGHT_GRAD, layer)} | ({(w.INPUT_GRAD, layer)} if layer else set())
-                  for layer in range(last, -1, -1)]]
+    expected = [{(w.GATHER, 0)}]
+    for layer in range(last):
+        expected += [{(w.FORWARD, layer)}] + ([{(w.ACTIVATE, layer)}] if layer < last - 1 else [])
+    expected.append({(w.HEAD, last)})
+    for layer in range(last, -1, -1):
+        expected += [{(w.WEIGHT_GRAD, layer)} | ({(w.INPUT_GRAD, layer)} if layer else set())]
+        expected += [{(w.DELTA, layer - 1)}] if layer else []
     assert [set(map(tuple, stage[:, 1:3].tolist())) for stage in stages] == expected
     for stage in stages:
         for kind, layer in set(map(tuple, stage[:, 1:3].tolist())):
             runs = stage[(stage[:, 1] == kind) & (stage[:, 2] == layer)][:, 3:]
-            if kind in (w.GATHER, w.HEAD):
+            if kind in w.ROW_KINDS:
                 assert runs.tolist() == [[t, t + 1] for t in range(threads)]
                 continue
             width = sizes[layer][1] if kind in (w.FORWARD, w.WEIGHT_GRAD) else sizes[layer][0]

@@ -115,32 +115,6 @@ def call_backward(address, dy, z, y, dz, alpha):
     _call(address, dy.ctypes.data, z.ctypes.data, y.ctypes.data, dz.ctypes.data, dz.size, alpha)
 
 
-@njit(inline="always", cache=True)
-@stamped
-def forward_columns(address, z, bias, y, first, last, alpha):
-    """``call_forward`` on columns ``first .. last - 1`` of every row of the C-contiguous ``(rows,
-    cols)`` z and y (bias: all ``cols``): a pass per row, each over a contiguous run."""
-    rows, cols = z.shape
-    size = z.itemsize
-    for r in range(rows):
-        at = (r * cols + first) * size
-        _call(address, z.ctypes.data + at, bias.ctypes.data + first * size, y.ctypes.data + at, np.int64(1),
-              last - first, alpha)
-
-
-@njit(inline="always", cache=True)
-@stamped
-def backward_columns(address, dy, z, y, dz, first, last, alpha):
-    """``call_backward`` on columns ``first .. last - 1`` of every row (all C-contiguous, of one
-    shape)."""
-    rows, cols = dz.shape
-    size = dz.itemsize
-    for r in range(rows):
-        at = (r * cols + first) * size
-        _call(address, dy.ctypes.data + at, z.ctypes.data + at, y.ctypes.data + at, dz.ctypes.data + at,
-              last - first, alpha)
-
-
 # --- the small GEMM -------------------------------------------------------------------------------
 
 one = np.float32(1)  # bound per dtype, as ``run_pass``
