@@ -232,9 +232,15 @@ class Backend:
         return raw[start : start + nbytes].view(dtype).reshape(shape)
 
     def zeros(self, shape: tuple[int, ...] | int, dtype: Any) -> Any:
-        out = self.empty(shape, dtype)
-        out[...] = 0
-        return out
+        """As ``empty``, filled with zeros: allocated zeroed (``calloc``), so that pages nothing
+        touches cost nothing (an SGD without momentum never reads its velocity buffer; filling
+        it was 27 ms of a large-net fit's 0.56 s)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        raw = self.xp.zeros(nbytes + _PAGE, dtype=np.uint8)
+        start = (-raw.ctypes.data) % _PAGE
+        return raw[start : start + nbytes].view(dtype).reshape(shape)
 
     def take_rows(self, x: Any, indices: Any, out: Any) -> Any:
         """``out[i] = x[indices[i]]`` (gathers a shuffled mini-batch into a reused buffer)."""
