@@ -740,3 +740,45 @@ def test_the_wide_schedule_stops_on_an_overflowing_update_or_a_diverging_loss(di
     np.testing.assert_array_equal(net.flat_parameters()[0], after_one_step.flat_parameters()[0])
     assert runs
     _assert_wide(wide)
+
+
+THREE_THREADS_WIDE = textwrap.dedent("""
+    import numpy as np
+    import fastnn
+    from fastnn.kernels.numba import trainer, wide_step
+
+    trainer.SMALL_GEMM_MAX_BYTES = 0  # every layer on BLAS: the wide schedule
+    wide_step.COLUMNS_PER_TASK = 8
+    made = []
+    init = trainer.DenseTrainer.__init__
+    trainer.DenseTrainer.__init__ = lambda self, *a, **k: init(self, *a, **k) or made.append(self)
+    X, _, y, _ = fastnn.datasets.digits()
+    for rows in (301, 257):  # last batches of 45 rows (three blocks of 15) and of 1 row
+        results = []
+        for backend in ("numpy", "numba"):
+            with fastnn.use_backend(backend):
+                f64 = np.float64
+                net = fastnn.Network([fastnn.Linear(64, 48, "tanh", seed=0, dtype=f64),
+                                      fastnn.Linear(48, 24, "relu", seed=1, dtype=f64),
+                                      fastnn.Linear(24, 10, seed=2, dtype=f64)])
+                history = net.fit(X[:rows].astype(np.float64), y[:rows], "cross_entropy",
+                                  fastnn.SGD(0.1, momentum=0.9), epochs=2, batch_size=64, seed=5, progress=False)
+            results.append((history["loss"], net.flat_parameters()[0].copy()))
+        np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-10)
+        np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-9, atol=1e-11)
+    assert made and all(t.threads == 3 and t.wide for t in made), [(t.threads, t.wide) for t in made]
+    print("ok")
+""")
+
+
+def test_the_wide_schedule_with_three_threads_and_a_last_batch_of_one_row_trains_as_the_per_layer_path():
+    """Three threads (more than this machine's cores: the tasks still meet at every stage), an
+    odd split of the rows and columns, and a last batch of one row, in float64 against the NumPy
+    backend; in a child process, which sets numba's thread count before it starts."""
+    import os
+
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
+    result = subprocess.run([sys.executable, "-c", THREE_THREADS_WIDE], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
