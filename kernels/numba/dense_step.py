@@ -9,7 +9,9 @@ optimizer update. A layer's GEMMs run on the register-tiled JIT kernel of ``smal
 weights are small (the forward then reads a transposed copy of them, ``wt``), and on NumPy's own
 OpenBLAS, called from the kernel, when they are not.
 
-Each batch is split into one row block per thread: every block runs the whole forward and
+Each batch is split into one row block per thread (the row-block schedule, ``_thread``; a
+network whose layers are all on BLAS but the last takes ``wide_step``'s schedule instead, where
+each GEMM runs over the whole batch): every block runs the whole forward and
 backward on its rows with single-threaded GEMMs and writes its own weight gradients; then each
 slice of the parameters gets the blocks' gradients summed in a fixed order and is updated. On
 these small shapes that keeps both cores busy for the entire step, where OpenBLAS's own

@@ -40,7 +40,8 @@ class DenseTrainer:
     a byte per element in ``keep``), and for a layer with LayerNorm its output, statistics and
     gradient) and,
     but the first, its own gradient buffer. Layers whose weights are small get the JIT GEMM and a
-    slot in each block's row of ``transposed_weights`` (see ``dense_step``)."""
+    slot in each block's row of ``transposed_weights`` (see ``dense_step``). On the wide schedule
+    (``wide``, ``wide_step``) the workspace rows are read as one, for the whole batch."""
 
     def __init__(self, plan: Any, backend: Any, params: np.ndarray, blas: _blas.Blas, batch_size: int) -> None:
         self.params = params
