@@ -112,15 +112,22 @@ def test_whole_step_training_matches_the_per_layer_numpy_backend(digits, runs, d
     """Losses, accuracies and parameters after 3 epochs (shuffled, a short last batch): the batch
     sums are split across threads, so float32 agrees to rounding, float64 to ~1e-12. MSE on
     one-hot targets is seed 003's recipe."""
+    _fits_match_the_numpy_backend(digits, loss, optimizer, dtype, activations=ACTIVATION_SETS[activations],
+                                  split_activation=activations == "relu")
+    assert runs, "the numba run did not take the whole-step path"
+
+
+def _fits_match_the_numpy_backend(digits, loss, optimizer, dtype, **net_options):
+    """Three epochs of ``_net(**net_options)`` on the NumPy and Numba backends (shuffled, a short
+    last batch): the same losses, accuracies and parameters, to rounding."""
     X, y = digits
     target = y if loss == "cross_entropy" else fastnn.datasets.one_hot(y, 10)
     results = {}
     for backend in ("numpy", "numba"):
-        net = _net(backend, dtype, ACTIVATION_SETS[activations], split_activation=activations == "relu")
+        net = _net(backend, dtype, **net_options)
         history = net.fit(X, target, loss, OPTIMIZERS[optimizer](), epochs=3, batch_size=64, seed=1,
                           progress=False)
         results[backend] = history, net.flat_parameters()[0].copy()
-    assert runs, "the numba run did not take the whole-step path"
     (h_np, p_np), (h_nb, p_nb) = results["numpy"], results["numba"]
     tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
     np.testing.assert_allclose(h_nb["loss"], h_np["loss"], **tol)
@@ -634,22 +641,11 @@ def test_the_wide_schedule_trains_as_the_per_layer_numpy_backend(digits, runs, w
 
     if head == "JIT":  # the 24x10 last layer small, the others not
         monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", 24 * 10 * np.dtype(dtype).itemsize)
-    X, y = digits
-    target = y if loss == "cross_entropy" else fastnn.datasets.one_hot(y, 10)
-    results = {}
-    for backend in ("numpy", "numba"):
-        net = _net(backend, dtype, ACTIVATION_SETS[activations], bias=activations == "smooth")
-        history = net.fit(X, target, loss, OPTIMIZERS[optimizer](), epochs=3, batch_size=64, seed=1,
-                          progress=False)
-        results[backend] = history, net.flat_parameters()[0].copy()
+    _fits_match_the_numpy_backend(digits, loss, optimizer, dtype, activations=ACTIVATION_SETS[activations],
+                                  bias=activations == "smooth")
     assert runs
     _assert_wide(wide)
     assert [bool(row[8] >= 0) for row in wide[0].layers] == [False, False, head == "JIT"]
-    (h_np, p_np), (h_nb, p_nb) = results["numpy"], results["numba"]
-    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
-    np.testing.assert_allclose(h_nb["loss"], h_np["loss"], **tol)
-    np.testing.assert_allclose(h_nb["accuracy"], h_np["accuracy"], atol=2 / len(X))
-    np.testing.assert_allclose(p_nb, p_np, **tol)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])

@@ -681,7 +681,6 @@ def _thread(worker, X, targets, order, first, count, batch_size, params, wt, gra
     parameter slices, wait. (``schedule`` is the wide schedule's, ``wide_step``: unread here.)"""
     n = order.size
     threads = work.shape[0]
-    slices = checks.shape[2]
     grads_ok, params_ok = checks[0], checks[1]
     marks = phase_ticks[worker]
     began = clock.start(marks)
@@ -705,24 +704,36 @@ def _thread(worker, X, targets, order, first, count, batch_size, params, wt, gra
         clock.lap(marks, _WAIT_ONE, since)
         if not math.isfinite(_sum(block_loss[i], blocks)):
             break
-        # Phase two, split across the threads too: a serial tail would let the idle thread
-        # sleep, whose wake-up then delays the next batch (measured 53 -> 76 us a step).
-        # Slices: a multiple of the threads (``checks``' columns), each thread starting at its own
-        # share and then taking whatever is left, so a thread that is slower (large nets: one
-        # of the two took twice as long over its half) is helped by the other.
-        phase = sync[2 * i + 1]
-        for k in range(slices):
-            c = (worker * (slices // threads) + k) % slices
-            if atomics.claim(phase, c):
-                _call_slice_task(tasks[1], (c, slices, blocks, params, grads, partial, hyper, state1,
-                                            state2, step + i + 1, snapshot, grads_ok[i], params_ok[i], marks))
-                atomics.finish(phase)
-        since = clock.start(marks)
-        atomics.wait(phase, slices)
-        clock.lap(marks, _WAIT_TWO, since)
-        if not (_all(grads_ok[i]) and _all(params_ok[i])):
+        if not phase_two(worker, threads, sync[2 * i + 1], tasks, blocks, params, grads, partial, hyper, state1,
+                         state2, step + i + 1, snapshot, grads_ok[i], params_ok[i], marks):
             break
     clock.lap(marks, WHOLE, began)
+
+
+@njit(inline="always", **_FLAGS)
+@stamped
+def phase_two(worker, threads, phase, tasks, blocks, params, grads, partial, hyper, state1, state2, step, snapshot,
+              grads_ok, params_ok, marks):
+    """A batch's parameter slices (``_slice_task`` at ``tasks[1]``; ``blocks``: the row blocks
+    whose gradients it sums), then the wait for all of them: True if every gradient and updated
+    parameter is finite.
+
+    Split across the threads too: a serial tail would let the idle thread sleep, whose wake-up
+    then delays the next batch (measured 53 -> 76 us a step). Slices: a multiple of the threads
+    (``grads_ok``' size), each thread starting at its own share and then taking whatever is left,
+    so a thread that is slower (large nets: one of the two took twice as long over its half) is
+    helped by the other."""
+    slices = grads_ok.size
+    for k in range(slices):
+        c = (worker * (slices // threads) + k) % slices
+        if atomics.claim(phase, c):
+            _call_slice_task(tasks[1], (c, slices, blocks, params, grads, partial, hyper, state1, state2, step,
+                                        snapshot, grads_ok, params_ok, marks))
+            atomics.finish(phase)
+    since = clock.start(marks)
+    atomics.wait(phase, slices)
+    clock.lap(marks, _WAIT_TWO, since)
+    return _all(grads_ok) and _all(params_ok)
 
 
 @njit(**_FLAGS)

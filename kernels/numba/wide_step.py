@@ -68,16 +68,14 @@ from .dense_step import (
     _LOSS,
     _TRANSPOSE,
     _WAIT_ONE,
-    _WAIT_TWO,
     WHOLE,
-    _all,
-    _call_slice_task,
     _gemm,
     _loss_and_grad,
     _real,
     _row_blocks,
     _sum,
     _view,
+    phase_two,
     transpose_weights,
 )
 from .jit import specialised, stamped
@@ -262,7 +260,6 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
     them), then the parameter slices, as there."""
     n = order.size
     threads = work.shape[0]
-    slices = checks.shape[2]
     grads_ok, params_ok = checks[0], checks[1]
     flat = work.reshape(work.size)
     stages = schedule[schedule.shape[0] - 1, 0] + 1
@@ -295,17 +292,8 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
             first_task = end
         if not math.isfinite(_sum(block_loss[i], blocks)):
             break
-        phase = sync[per_batch * i + stages]
-        for k in range(slices):
-            c = (worker * (slices // threads) + k) % slices
-            if atomics.claim(phase, c):
-                _call_slice_task(tasks[1], (c, slices, 1, params, grads, partial, hyper, state1, state2, step + i + 1,
-                                            snapshot, grads_ok[i], params_ok[i], marks))
-                atomics.finish(phase)
-        since = clock.start(marks)
-        atomics.wait(phase, slices)
-        clock.lap(marks, _WAIT_TWO, since)
-        if not (_all(grads_ok[i]) and _all(params_ok[i])):
+        if not phase_two(worker, threads, sync[per_batch * i + stages], tasks, 1, params, grads, partial, hyper,
+                         state1, state2, step + i + 1, snapshot, grads_ok[i], params_ok[i], marks):
             break
     clock.lap(marks, WHOLE, began)
 
