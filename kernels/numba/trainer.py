@@ -173,7 +173,8 @@ class DenseTrainer:
         return seconds
 
     def tasks(self, rule: str) -> np.ndarray:
-        """The kernel's ``tasks`` for optimizer rule ``rule`` (``dense_step.task_addresses``)."""
+        """The kernel's ``tasks`` for optimizer rule ``rule`` (the ``task_addresses`` of the
+        schedule's module: ``dense_step`` or ``wide_step``)."""
         tasks = self._tasks.get(rule)
         if tasks is None:
             tasks = self._tasks[rule] = self.schedule_module.task_addresses(*self.features, rule, self._helper)
