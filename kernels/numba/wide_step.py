@@ -82,7 +82,6 @@ from .jit import specialised, stamped
 from .scalar import like
 
 GATHER, FORWARD, ACTIVATE, HEAD, WEIGHT_GRAD, INPUT_GRAD, DELTA = range(7)
-KINDS = ("gather", "forward", "activate", "head", "weight gradient", "input gradient", "delta")
 ROW_KINDS = (GATHER, ACTIVATE, HEAD, DELTA)  # tasks over a row block (``lo``: its index), not columns
 
 # Columns per task: at least this many, up to 4 tasks a thread (a stage's tasks are claimed
