@@ -224,21 +224,21 @@ class Backend:
     def empty(self, shape: tuple[int, ...] | int, dtype: Any) -> Any:
         """A C-contiguous, page-aligned uninitialised array (aligned so that kernels' outputs
         never share a 4 KiB page offset pattern with their inputs by accident)."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize  # (np.prod: ~3 us a call)
-        raw = self.xp.empty(nbytes + _PAGE, dtype=np.uint8)
-        start = (-raw.ctypes.data) % _PAGE
-        return raw[start : start + nbytes].view(dtype).reshape(shape)
+        return self._page_aligned(self.xp.empty, shape, dtype)
 
     def zeros(self, shape: tuple[int, ...] | int, dtype: Any) -> Any:
         """As ``empty``, filled with zeros: allocated zeroed (``calloc``), so that pages nothing
         touches cost nothing (an SGD without momentum never reads its velocity buffer; filling
-        it was 27 ms of a large-net fit's 0.56 s)."""
+        it was 27 ms of a 784-1024-1024-10 epoch's 0.56 s on an AMD EPYC, Zen 4)."""
+        return self._page_aligned(self.xp.zeros, shape, dtype)
+
+    @staticmethod
+    def _page_aligned(allocate: Any, shape: tuple[int, ...] | int, dtype: Any) -> Any:
+        """A page-aligned ``shape`` array of ``dtype`` cut from bytes ``allocate`` gives."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        raw = self.xp.zeros(nbytes + _PAGE, dtype=np.uint8)
+        nbytes = math.prod(shape) * dtype.itemsize  # (np.prod: ~3 us a call)
+        raw = allocate(nbytes + _PAGE, dtype=np.uint8)
         start = (-raw.ctypes.data) % _PAGE
         return raw[start : start + nbytes].view(dtype).reshape(shape)
 

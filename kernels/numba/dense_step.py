@@ -452,6 +452,14 @@ def _slice(chunk, chunks, size):
 
 @njit(inline="always", **_FLAGS)
 @stamped
+def batch_bounds(batch, batch_size, n):
+    """``(start, stop)``: the positions in the epoch's ``order`` of batch ``batch``'s samples."""
+    start = batch * batch_size
+    return start, min(start + batch_size, n)
+
+
+@njit(inline="always", **_FLAGS)
+@stamped
 def _row_blocks(rows, threads):
     """``(block, blocks)``: rows per block and the number of blocks a batch of ``rows`` splits into."""
     block = (rows + threads - 1) // threads
@@ -686,8 +694,7 @@ def _thread(worker, X, targets, order, first, count, batch_size, params, wt, gra
     began = clock.start(marks)
     for batch in range(first, first + count):
         i = batch - first
-        start = batch * batch_size
-        stop = min(start + batch_size, n)
+        start, stop = batch_bounds(batch, batch_size, n)
         rows = stop - start
         block, blocks = _row_blocks(rows, threads)
         phase = sync[2 * i]
@@ -775,7 +782,8 @@ def _record(n, first, count, batch_size, threads, params, snapshot, batch_losses
     non-finite."""
     for batch in range(first, first + count):
         i = batch - first
-        rows = min(batch_size, n - batch * batch_size)
+        start, stop = batch_bounds(batch, batch_size, n)
+        rows = stop - start
         blocks = _row_blocks(rows, threads)[1]
         loss = _sum(block_loss[i], blocks) / rows
         batch_losses[batch] = loss

@@ -75,6 +75,7 @@ from .dense_step import (
     _row_blocks,
     _sum,
     _view,
+    batch_bounds,
     phase_two,
     transpose_weights,
 )
@@ -267,8 +268,7 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
     began = clock.start(marks)
     for batch in range(first, first + count):
         i = batch - first
-        start = batch * batch_size
-        stop = min(start + batch_size, n)
+        start, stop = batch_bounds(batch, batch_size, n)
         blocks = _row_blocks(stop - start, threads)[1]
         first_task = 0
         for stage in range(stages):
