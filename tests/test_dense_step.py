@@ -306,6 +306,50 @@ def test_a_diverging_loss_stops_at_the_first_non_finite_batch(digits, runs):
     np.testing.assert_array_equal(net.flat_parameters()[0], after_one_step.flat_parameters()[0])
 
 
+def _net_whose_gradient_overflows_on_a_batch_of_one_row(backend: str) -> fastnn.Network:
+    """A net whose loss stays finite on every batch but whose layer-0 gradient is not finite on a
+    batch of one row: hidden unit 0 is dead (sigmoid(-100) ~ 4e-44, so its outgoing weights of
+    +-3e38 add ~1e-5 to the logits), while the gradient into it sums those weights times the
+    softmax's error, (p - onehot) / rows: over 3.4e38 for one row (-inf), ~8e36 for 64 rows."""
+    with fastnn.use_backend(backend):
+        net = fastnn.Network([fastnn.Linear(8, 4, "sigmoid", seed=0), fastnn.Linear(4, 10, seed=1)])
+    first, second = net.layers
+    first.params["weight"][0] = 0
+    first.params["bias"][0] = -100
+    second.params["weight"][:, 0] = -3e38
+    second.params["weight"][0, 0] = 3e38  # every label is 0: each term of the sum has the same sign
+    return net
+
+
+@pytest.mark.parametrize("schedule", ["row blocks", "wide"])
+@pytest.mark.parametrize("optimizer", [lambda: fastnn.SGD(0.1, momentum=0.9), lambda: fastnn.Adam(1e-3)],
+                         ids=["sgd", "adam"])
+@pytest.mark.parametrize("rows", [65, 129])
+def test_a_non_finite_gradient_stops_with_the_parameters_from_before_that_batch(request, runs, schedule, optimizer,
+                                                                                rows):
+    """The gradient check is the update's (a NaN or inf gradient makes a NaN or inf parameter),
+    told apart from an overflowing update after the fact; the parameters from before the batch
+    come back from whichever of the step's two buffers holds them: 65 rows fail at the second
+    batch of a call (the second buffer), 129 at the third (the first)."""
+    if schedule == "wide":
+        made = request.getfixturevalue("wide")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((rows, 8)).astype(np.float32), np.zeros(rows, np.int64)
+    net = _net_whose_gradient_overflows_on_a_batch_of_one_row("numba")
+    with pytest.raises(NonFiniteError, match=rf"epoch 1, batch {rows // 64 + 1}: the gradient of layer 0 "
+                                             r"\(Linear\(8, 4, .*\)\) '\w+' became non-finite"):
+        net.fit(X, y, "cross_entropy", optimizer(), epochs=1, batch_size=64, shuffle=False, progress=False)
+    assert runs
+    good = _net_whose_gradient_overflows_on_a_batch_of_one_row("numba")
+    good.fit(X[:rows - 1], y[:rows - 1], "cross_entropy", optimizer(), epochs=1, batch_size=64, shuffle=False,
+             progress=False)
+    kept = net.flat_parameters()[0]
+    assert np.isfinite(kept).all()
+    np.testing.assert_array_equal(kept, good.flat_parameters()[0])
+    if schedule == "wide":
+        _assert_wide(made)
+
+
 def test_ctrl_c_stops_after_the_current_chunk(digits, monkeypatch, python_sigint_handler):
     from fastnn.kernels.numba import trainer
 

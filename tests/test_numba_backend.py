@@ -64,6 +64,31 @@ def test_size_picks_the_serial_or_parallel_build():
     assert jit.pick(variants, jit.PARALLEL_MIN_ELEMENTS) == "parallel"
 
 
+@pytest.mark.parametrize("rule", ["sgd", "adam"])
+@pytest.mark.parametrize("build", [0, 1], ids=["serial", "parallel"])
+def test_the_optimizer_updates_in_place_and_into_a_second_buffer_give_the_same_bits(rule, build):
+    """``sgd``/``adam`` update ``param`` and leave ``out`` alone; ``sgd_into``/``adam_into`` (the
+    whole-step trainer's) write ``out`` and leave ``param`` alone; the same numbers either way."""
+    from fastnn.kernels.numba import optimizers
+
+    rng = np.random.default_rng(0)
+    n = 70_001
+    param, grad = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    state = [rng.random(n).astype(np.float32) for _ in range(2)]
+    hyper = ((0.1, 0.9, True, 1e-4, False) if rule == "sgd" else (1e-3, 0.1, 0.9, 0.999, 1e-8, 1e-2, 1.0))
+    results = []
+    for variant in (getattr(optimizers, rule), getattr(optimizers, rule + "_into")):
+        p, out, s = param.copy(), np.full(n, 7, np.float32), [x.copy() for x in state]
+        variant[build](p, grad, *s[:1 if rule == "sgd" else 2], *hyper, out)
+        results.append((p, out, s))
+    (in_place, untouched, s1), (kept, into, s2) = results
+    assert np.all(untouched == 7) and np.array_equal(kept, param)
+    assert not np.array_equal(in_place, param)
+    np.testing.assert_array_equal(in_place, into)
+    for a, b in zip(s1, s2):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_small_batched_products_take_the_jit_kernel_and_large_ones_blas(monkeypatch):
     from fastnn.kernels.numba import kernelset, matmul
 

@@ -187,7 +187,7 @@ def sgd(param, grad, velocity, scratch, *, lr, momentum, nesterov, weight_decay,
         return reference_optimizers.sgd(param, grad, velocity, scratch, lr=lr, momentum=momentum,
                                         nesterov=nesterov, weight_decay=weight_decay, first_step=first_step)
     pick(optimizers.sgd, param.size)(param, grad, velocity, float(lr), float(momentum), bool(nesterov),
-                                     float(weight_decay), bool(first_step))
+                                     float(weight_decay), bool(first_step), param)
     return param
 
 
@@ -202,7 +202,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, scratch, scratch2, *, step, lr, beta1
     l2 = 0.0 if decoupled else float(weight_decay)
     decay = 1.0 - lr * weight_decay if decoupled else 1.0
     pick(optimizers.adam, param.size)(param, grad, exp_avg, exp_avg_sq, float(step_size), float(bias_correction2_sqrt),
-                                      float(beta1), float(beta2), float(eps), l2, float(decay))
+                                      float(beta1), float(beta2), float(eps), l2, float(decay), param)
     return param
 
 

@@ -141,7 +141,7 @@ class DenseTrainer:
         self.sync = np.zeros((self.phases_per_batch * batches, 1 + self.most_tasks), np.int64)
         self.block_loss = np.zeros((batches, self.threads))
         self.block_correct = np.zeros((batches, self.threads), np.int64)
-        self.checks = np.ones((2, batches, self.slices), np.bool_)
+        self.checks = np.ones((batches, self.slices), np.bool_)
 
     def inputs(self, X: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``X`` and the targets in the layouts the kernel is compiled for, so that no other
@@ -227,7 +227,7 @@ class DenseTrainer:
         dense_step.train_batches(X, targets, rows, 0, 1, rows.size, self.params,
                                  self.transposed_weights, grads, self.partial, self.work, self.layers, self.alphas,
                                  self.nobias, self.gemm, self.ilp64, none, snapshot,
-                                 snapshot, 0, snapshot, loss, correct, self.status, self.sync, self.block_loss,
+                                 snapshot, 0, self.params, loss, correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
                                  np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks,
                                  self.tasks("none"), self.schedule)

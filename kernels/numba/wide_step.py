@@ -35,7 +35,7 @@ columns of every row, right after it, the bias + activation pass of a 256 x 1024
 187-213 us against 56-68 us over whole rows (one thread, AMD EPYC Zen 4, ad hoc): runs of 1 KiB
 4 KiB apart, just written, stream far slower than whole rows.
 
-Then phase two, as on the row-block schedule: the parameter slices' checks and updates (no
+Then phase two, as on the row-block schedule: the parameter slices' updates and checks (no
 partial gradients to sum there).
 
 The whole batch's activations sit in the ``work`` buffer read flat, at ``threads`` times the
@@ -76,6 +76,7 @@ from .dense_step import (
     _sum,
     _view,
     batch_bounds,
+    buffers,
     phase_two,
     transpose_weights,
 )
@@ -260,7 +261,6 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
     them), then the parameter slices, as there."""
     n = order.size
     threads = work.shape[0]
-    grads_ok, params_ok = checks[0], checks[1]
     flat = work.reshape(work.size)
     stages = schedule[schedule.shape[0] - 1, 0] + 1
     per_batch = stages + 1
@@ -268,6 +268,7 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
     began = clock.start(marks)
     for batch in range(first, first + count):
         i = batch - first
+        current, updated = buffers(i, params, snapshot)
         start, stop = batch_bounds(batch, batch_size, n)
         blocks = _row_blocks(stop - start, threads)[1]
         first_task = 0
@@ -281,7 +282,7 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
                 j = (worker * tasks_here // threads + k) % tasks_here
                 if atomics.claim(phase, j):
                     task = schedule[first_task + j]
-                    _wide_task(task[1], task[2], task[3], task[4], X, targets, order, start, stop, params, wt, grads,
+                    _wide_task(task[1], task[2], task[3], task[4], X, targets, order, start, stop, current, wt, grads,
                                partial, flat, layers, alphas, nobias, gemm, ilp64, block_loss[i], block_correct[i],
                                threads, marks)
                     atomics.finish(phase)
@@ -291,8 +292,8 @@ def _wide_thread(worker, X, targets, order, first, count, batch_size, params, wt
             first_task = end
         if not math.isfinite(_sum(block_loss[i], blocks)):
             break
-        if not phase_two(worker, threads, sync[per_batch * i + stages], tasks, 1, params, grads, partial, hyper,
-                         state1, state2, step + i + 1, snapshot, grads_ok[i], params_ok[i], marks):
+        if not phase_two(worker, threads, sync[per_batch * i + stages], tasks, 1, current, grads, partial, hyper,
+                         state1, state2, step + i + 1, updated, checks[i], marks):
             break
     clock.lap(marks, WHOLE, began)
 
