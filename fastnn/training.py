@@ -601,7 +601,7 @@ class _Run:
                 before_batch(batch)
             loss_sum = correct = 0.0
             if hi > lo:
-                trainer.gradients(self.X, self.target, order[lo:hi], grads, self.guard.snapshot, self.shard_loss,
+                trainer.gradients(self.X, self.target, order[lo:hi], grads, self.shard_loss,
                                   self.shard_correct, dropout_step=(epoch - 1) * self.n_batches + batch)
                 if hi - lo != stop - start:
                     grads *= (hi - lo) / (stop - start)

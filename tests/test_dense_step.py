@@ -750,7 +750,7 @@ def test_the_wide_schedule_gives_the_gradients_of_data_parallel_training(digits,
         Xc, targets = trainer.inputs(X.astype(dtype), y)
         loss, correct = np.empty(1), np.empty(1)
         with trainer:
-            trainer.gradients(Xc, targets, np.arange(7, 7 + 50), grads, params.copy(), loss, correct)
+            trainer.gradients(Xc, targets, np.arange(7, 7 + 50), grads, loss, correct)
         np.testing.assert_array_equal(params, before)
         results.append((loss[0], correct[0], grads.copy()))
     assert [trainer.wide for trainer in wide] == [wide[0].threads > 1, False]

@@ -4,7 +4,8 @@ that the parameters from before a step stay as they were until it is known to be
 
 Two builds of one loop, not one build given ``out=param``: LLVM vectorises the loop behind a
 run-time check that the arrays do not overlap, and an update in place through a second argument
-fails it and runs the scalar loop (1.86M float32 SGD, one thread: 891 us against 210 us)."""
+fails it and runs the scalar loop (930k float32 SGD, one thread of an AMD EPYC Zen 4: 891 us
+against 210 us)."""
 
 from __future__ import annotations
 

@@ -216,18 +216,19 @@ class DenseTrainer:
         return done, FAILURES.get(code), batch
 
     def gradients(self, X: np.ndarray, targets: np.ndarray, rows: np.ndarray, grads: np.ndarray,
-                  snapshot: np.ndarray, loss: np.ndarray, correct: np.ndarray, dropout_step: int = 0) -> None:
+                  loss: np.ndarray, correct: np.ndarray, dropout_step: int = 0) -> None:
         """One batch of the samples ``rows`` (at least one): the mean loss into ``loss[0]``, the
         correct count into ``correct[0]`` and the gradient of the mean loss into ``grads``; the
         parameters are left alone (rule "none"), so that data-parallel training can sum the
         gradients over its ranks before it updates. A non-finite loss or gradient is not a
-        failure here: it reaches every rank through the sum, where ``fit`` decides."""
+        failure here: it reaches every rank through the sum, where ``fit`` decides. The rule reads
+        no optimizer state and writes no second buffer: the parameters stand in for both."""
         self._reserve(1)
         none = np.zeros(6, np.float64)
         dense_step.train_batches(X, targets, rows, 0, 1, rows.size, self.params,
                                  self.transposed_weights, grads, self.partial, self.work, self.layers, self.alphas,
-                                 self.nobias, self.gemm, self.ilp64, none, snapshot,
-                                 snapshot, 0, self.params, loss, correct, self.status, self.sync, self.block_loss,
+                                 self.nobias, self.gemm, self.ilp64, none, self.params,
+                                 self.params, 0, self.params, loss, correct, self.status, self.sync, self.block_loss,
                                  self.block_correct, self.checks, self.drop_keys, self.drop_scales,
                                  np.uint64(dropout_step), self.norm_eps, self.keep, self.phase_ticks,
                                  self.tasks("none"), self.schedule)
