@@ -111,13 +111,19 @@ class _Guard:
         backend = network.backend
         self.snapshot = backend.empty(self.params.shape, self.params.dtype)
         self.snapshot[...] = self.params
-        self.ones = backend.empty(self.params.shape, self.params.dtype)
-        self.ones[...] = 1
         self.xp = backend.xp
         self.deferred = backend.defers_checks
+        # for the sum's dot: made on the first ``commit`` on the host (a whole-step trainer never
+        # commits), up front where ``track`` may be captured into a CUDA graph
+        self.ones = self._ones() if self.deferred else None
         self.ok = self.xp.asarray(True)
         self.first_bad = self.xp.asarray(0, np.int64)
         self.steps = self.xp.asarray(0, np.int64)  # steps tracked this epoch
+
+    def _ones(self) -> Any:
+        ones = self.network.backend.empty(self.params.shape, self.params.dtype)
+        ones[...] = 1
+        return ones
 
     def start_epoch(self) -> None:
         if self.deferred:
@@ -142,6 +148,8 @@ class _Guard:
 
     def commit(self) -> bool:
         """True (and remember these parameters) if every parameter is finite."""
+        if self.ones is None:
+            self.ones = self._ones()
         if not math.isfinite(self.xp.dot(self.params, self.ones)):
             return False
         self.snapshot[...] = self.params
@@ -303,6 +311,8 @@ def _fit(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, epochs: int, b
     finally:
         run.optimizer.scheduled_lr = None  # the schedule belongs to this fit
         network.train(mode)
+        if run.trainer is not None:
+            run.trainer.release()
     return history
 
 
@@ -719,6 +729,7 @@ def warm_up(network: Any, X: Any, y: Any, loss: Any, optimizer: Any, batch_size:
         trainer.run(*trainer.inputs(X, target), rows, 0, 1, batch_size,
                     optimizer, optimizer.bind(network), grads, backend.empty(params.shape, params.dtype),
                     backend.empty(1, np.float64), backend.empty(1, np.float64))
+        trainer.release()  # for the fit that follows
     params[...] = saved
     network._restore_buffers(saved_buffers)  # BatchNorm's running statistics moved in the forward
     optimizer._owner = None  # the next step starts a fresh state

@@ -27,6 +27,16 @@ def digits():
     return X[:300], y[:300]  # 300 = 4 batches of 64 and one of 44
 
 
+def _recording_trainers(monkeypatch) -> list:
+    """The trainers the numba backend hands out from now on (new or idle ones), in a list."""
+    from fastnn.kernels.numba import trainer
+
+    made = []
+    make = trainer.trainer_for
+    monkeypatch.setattr(trainer, "trainer_for", lambda *args: made.append(make(*args)) or made[-1])
+    return made
+
+
 @pytest.fixture
 def runs(monkeypatch):
     """Counts calls of the whole-step trainer."""
@@ -142,15 +152,8 @@ def test_layers_with_large_weights_take_blas_and_train_the_same(digits, runs, dt
     the 64x48 layer only); training still matches the NumPy backend."""
     from fastnn.kernels.numba import trainer
 
-    made = []
-    init = trainer.DenseTrainer.__init__
-
-    def recording(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(self)
-
+    made = _recording_trainers(monkeypatch)
     monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", limit)
-    monkeypatch.setattr(trainer.DenseTrainer, "__init__", recording)
     X, y = digits
     results = {}
     for backend in ("numpy", "numba"):
@@ -656,16 +659,9 @@ def wide(monkeypatch):
     tasks each (the digits net's widths are 48, 24 and 10)."""
     from fastnn.kernels.numba import trainer, wide_step
 
-    made = []
-    init = trainer.DenseTrainer.__init__
-
-    def recording(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(self)
-
+    made = _recording_trainers(monkeypatch)
     monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", 0)
     monkeypatch.setattr(wide_step, "COLUMNS_PER_TASK", 8)
-    monkeypatch.setattr(trainer.DenseTrainer, "__init__", recording)
     return made
 
 
@@ -790,8 +786,8 @@ THREE_THREADS_WIDE = textwrap.dedent("""
     trainer.SMALL_GEMM_MAX_BYTES = 0  # every layer on BLAS: the wide schedule
     wide_step.COLUMNS_PER_TASK = 8
     made = []
-    init = trainer.DenseTrainer.__init__
-    trainer.DenseTrainer.__init__ = lambda self, *a, **k: init(self, *a, **k) or made.append(self)
+    make = trainer.trainer_for
+    trainer.trainer_for = lambda *args: made.append(make(*args)) or made[-1]
     X, _, y, _ = fastnn.datasets.digits()
     for rows in (301, 257):  # last batches of 45 rows (three blocks of 15) and of 1 row
         results = []
@@ -822,3 +818,89 @@ def test_the_wide_schedule_with_three_threads_and_a_last_batch_of_one_row_trains
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+# --- idle trainers (``trainer.trainer_for``, ``DenseTrainer.release``) ------------------------------
+
+
+def _regularised_net(dtype=np.float32):
+    """The digits net with Dropout and LayerNorm in its hidden layers (the row blocks' code for both)."""
+    with fastnn.use_backend("numba"):
+        return fastnn.Network([fastnn.Linear(64, 48, seed=0, dtype=dtype), fastnn.LayerNorm(48, dtype=dtype),
+                               fastnn.Activation("relu", dtype=dtype), fastnn.Dropout(0.2, seed=7, dtype=dtype),
+                               fastnn.Linear(48, 24, "tanh", seed=1, dtype=dtype),
+                               fastnn.Dropout(0.1, seed=8, dtype=dtype),
+                               fastnn.Linear(24, 10, seed=2, dtype=dtype)])
+
+
+@pytest.mark.parametrize("kind", ["row blocks", "wide", "dropout + LayerNorm", "adam"])
+def test_a_fit_hands_its_trainer_to_the_next_fit_of_the_same_shape_which_trains_the_same_bits(digits, monkeypatch,
+                                                                                             kind, dtype):
+    """The second fit gets the first one's trainer back, its buffers full of the first fit's
+    numbers (other data, other weights), and ends on the same bits as on a new trainer."""
+    from fastnn.kernels.numba import trainer, wide_step
+
+    if kind == "wide":
+        monkeypatch.setattr(trainer, "SMALL_GEMM_MAX_BYTES", 0)
+        monkeypatch.setattr(wide_step, "COLUMNS_PER_TASK", 8)
+    made = _recording_trainers(monkeypatch)
+    X, y = digits
+    optimizer = (lambda: fastnn.Adam(0.01)) if kind == "adam" else (lambda: fastnn.SGD(0.1, momentum=0.9))
+    make = (lambda seed: _regularised_net(dtype)) if kind == "dropout + LayerNorm" else \
+        (lambda seed: _net("numba", dtype, ("tanh", "relu", None)))
+
+    def trained(rows):  # 300 rows: a last batch of 44; 251: of 59
+        net = make(0)
+        history = net.fit(X[:rows].astype(dtype), y[:rows], "cross_entropy", optimizer(), epochs=2, batch_size=64,
+                          seed=5, progress=False)
+        return history["loss"], net.flat_parameters()[0].copy()
+
+    trainer._idle.clear()
+    trained(300)  # leaves its trainer idle, with this fit's numbers in it
+    reused = trained(251)
+    trainer._idle.clear()
+    fresh = trained(251)
+    assert made[1] is made[0] and made[2] is not made[0]
+    assert made[0].wide == (kind == "wide" and made[0].threads > 1)
+    np.testing.assert_array_equal(reused[0], fresh[0])
+    np.testing.assert_array_equal(reused[1], fresh[1])
+
+
+def test_trainers_in_use_are_never_shared_and_other_shapes_get_their_own(digits, monkeypatch):
+    from fastnn.kernels.numba import trainer
+
+    X, y = digits
+    trainer._idle.clear()
+
+    def trainer_of(net, batch_size):
+        return fastnn.training._dense_trainer(net, fastnn.losses.CrossEntropy(), X, y, batch_size, fastnn.SGD(0.1))
+
+    first, second = trainer_of(_net("numba"), 64), trainer_of(_net("numba"), 64)
+    assert first is not second and first.work is not second.work  # two fits at once: two trainers
+    first.release()
+    assert trainer_of(_net("numba"), 32) is not first  # another batch size: another layout
+    assert trainer_of(_net("numba", activations=("relu", "tanh", None)), 64) is not first  # another plan
+    net = _net("numba")
+    taken = trainer_of(net, 64)
+    assert taken is first and taken.params is net.flat_parameters()[0]
+    assert trainer_of(_net("numba"), 64) is not first  # taken: not handed out twice
+    monkeypatch.setattr(trainer, "IDLE_BYTES", 0)
+    taken.release()  # too big to keep
+    assert trainer_of(_net("numba"), 64) is not first
+
+
+def test_an_idle_trainer_keeps_no_network_alive(digits):
+    import gc
+    import weakref
+
+    from fastnn.kernels.numba import trainer
+
+    X, y = digits
+    trainer._idle.clear()
+    net = _net("numba")
+    net.fit(X, y, "cross_entropy", fastnn.SGD(0.1), epochs=1, batch_size=64, progress=False)
+    assert len(trainer._idle) == 1
+    params = weakref.ref(net.flat_parameters()[0])
+    del net
+    gc.collect()
+    assert params() is None

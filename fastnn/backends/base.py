@@ -180,9 +180,11 @@ class Backend:
         optimizer, state, grads, snapshot, batch_losses, batch_correct)`` must do exactly what the
         per-layer loop in ``fastnn.training.fit`` does for those batches (same loss, gradients to
         rounding, same optimizer rule, same NaN/inf guard) and return ``(done, failure, batch)``.
-        It is a context manager, entered for the duration of ``fit``'s loop, and its
-        ``inputs(X, target)`` gives the arrays in the layout ``run`` wants. Data-parallel
-        training uses it where it also has ``gradients(X, targets, rows, grads, snapshot, loss,
+        It is a context manager, entered for the duration of ``fit``'s loop; its
+        ``inputs(X, target)`` gives the arrays in the layout ``run`` wants; and ``release()``,
+        which ``fit`` calls when it is done with it, lets the backend hand its buffers to the next
+        trainer of the same shape (the object is not used again). Data-parallel
+        training uses it where it also has ``gradients(X, targets, rows, grads, loss,
         correct)``: one batch's gradients, parameters untouched (see ``kernels/numba/trainer.py``)."""
         return None
 

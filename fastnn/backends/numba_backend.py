@@ -29,10 +29,10 @@ class NumbaBackend(NumpyBackend):
         """Whole steps in one JIT call (``kernels/numba/dense_step.py``), where NumPy's BLAS is an
         OpenBLAS the kernels can call; otherwise None."""
         from ..kernels import blas
-        from ..kernels.numba.trainer import DenseTrainer
+        from ..kernels.numba import trainer
 
         found = blas.find()
-        return None if found is None else DenseTrainer(plan, self, params, found, batch_size)
+        return None if found is None else trainer.trainer_for(plan, self, params, found, batch_size)
 
     def whole_step_builds(self) -> Iterator[str]:
         """Every build of the whole-step kernel (``trainer.every_build``): float64's in a helper
