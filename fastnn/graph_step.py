@@ -43,13 +43,14 @@ class StepGraphs:
         user's at each step would not run in a replay."""
         from . import layers, losses, optimizers
 
+        if not (getattr(run.backend, "captures_steps", False) and run.parallel is None and not run.stepped
+                and run.extras.clip is None and not run.extras.per_batch and run.trainer is None):
+            return False  # (checked first: most fits end here, before the walk over the parts below)
         parts = [(layer, layers, ("forward", "backward", "_forward", "_backward")) for layer in run.network.layers]
         parts += [(run.loss, losses, ("compute", "correct")), (run.optimizer, optimizers, ("step", "_update"))]
         # fastnn's own classes, with none of the methods a step calls replaced on the instance
-        own = all(type(part).__module__ == module.__name__ and not any(name in vars(part) for name in names)
-                  for part, module, names in parts)
-        return (own and getattr(run.backend, "captures_steps", False) and run.parallel is None and not run.stepped
-                and run.extras.clip is None and not run.extras.per_batch and run.trainer is None)
+        return all(type(part).__module__ == module.__name__ and not any(name in vars(part) for name in names)
+                   for part, module, names in parts)
 
     def step(self, order: Any, lo: int, hi: int, buffers: tuple[Any, Any, Any], epoch: int,
              batch: int) -> Any | None:
