@@ -904,3 +904,37 @@ def test_an_idle_trainer_keeps_no_network_alive(digits):
     del net
     gc.collect()
     assert params() is None
+
+
+def test_fits_of_one_shape_from_several_threads_at_once_train_as_one_at_a_time(digits):
+    """Three threads fit networks of one shape at once, twice each, handing trainers to each other
+    through the idle list: each ends on the bits of the same fit run alone."""
+    import threading
+
+    X, y = digits
+
+    def trained(seed):
+        net = _net("numba")
+        net.fit(X, y, "cross_entropy", fastnn.SGD(0.1, momentum=0.9), epochs=2, batch_size=64, seed=seed,
+                progress=False)
+        return net.flat_parameters()[0].copy()
+
+    expected = [trained(seed) for seed in range(3)]
+    got, errors, start = {}, [], threading.Barrier(3)
+
+    def work(seed):
+        try:
+            start.wait()
+            got[seed] = [trained(seed) for _ in range(2)]
+        except BaseException as exc:  # noqa: BLE001 (reported below, in the test's thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    for seed in range(3):
+        for params in got[seed]:
+            np.testing.assert_array_equal(params, expected[seed])
