@@ -887,6 +887,12 @@ def test_trainers_in_use_are_never_shared_and_other_shapes_get_their_own(digits,
     monkeypatch.setattr(trainer, "IDLE_BYTES", 0)
     taken.release()  # too big to keep
     assert trainer_of(_net("numba"), 64) is not first
+    monkeypatch.undo()
+    second.release()
+    assert trainer._idle
+    monkeypatch.setattr(trainer, "IDLE_TRAINERS", 0)  # keep none: the next release empties the list
+    trainer_of(_net("numba"), 48).release()
+    assert not trainer._idle
 
 
 def test_an_idle_trainer_keeps_no_network_alive(digits):
