@@ -25,8 +25,9 @@ WIDE_SCHEDULE = True
 
 # Idle trainers kept for the next fit of a network of the same shape (``trainer_for``): at most
 # this many, each with at most IDLE_BYTES of buffers. Building one (its buffers, layer table and
-# task addresses) and touching its fresh buffers in the first steps cost ~4% of a 10-epoch
-# digits fit (1.039x, median of 15 alternating rounds of 5 fits; AMD EPYC Zen 4, ad hoc).
+# task addresses) and touching its fresh buffers in the first steps cost 4-10% of a 10-epoch
+# digits fit: reuse ran it 1.04x faster in one process (15 alternating rounds of 5 fits, ad hoc)
+# and 1.07x and 1.11x in ``benchmarks/ab.py``'s fresh processes (16 rounds each; AMD EPYC Zen 4).
 IDLE_TRAINERS = 4
 IDLE_BYTES = 64 << 20
 _idle: OrderedDict[tuple[Any, ...], DenseTrainer] = OrderedDict()
