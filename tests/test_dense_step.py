@@ -846,11 +846,11 @@ def test_a_fit_hands_its_trainer_to_the_next_fit_of_the_same_shape_which_trains_
     made = _recording_trainers(monkeypatch)
     X, y = digits
     optimizer = (lambda: fastnn.Adam(0.01)) if kind == "adam" else (lambda: fastnn.SGD(0.1, momentum=0.9))
-    make = (lambda seed: _regularised_net(dtype)) if kind == "dropout + LayerNorm" else \
-        (lambda seed: _net("numba", dtype, ("tanh", "relu", None)))
+    make = (lambda: _regularised_net(dtype)) if kind == "dropout + LayerNorm" else \
+        (lambda: _net("numba", dtype, ("tanh", "relu", None)))
 
     def trained(rows):  # 300 rows: a last batch of 44; 251: of 59
-        net = make(0)
+        net = make()
         history = net.fit(X[:rows].astype(dtype), y[:rows], "cross_entropy", optimizer(), epochs=2, batch_size=64,
                           seed=5, progress=False)
         return history["loss"], net.flat_parameters()[0].copy()
